@@ -1,0 +1,150 @@
+//! Validated, typed configuration (the second stage of ripgrep's low/high args).
+//!
+//! `cli.rs` merges flags, `CUSTOMWS_*` environment variables and an optional TOML file
+//! (precedence: flag > env > file > default) into this struct; nothing past this point
+//! re-validates. Every limit documents its default and why.
+
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+/// Which JWT algorithm family the gateway accepts. Only one family is ever accepted, so an
+/// HS token cannot be verified against an RSA public key (RS/HS confusion) and `alg: none`
+/// is always refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JwtKey {
+    /// HMAC secret; HS256, HS384 and HS512 tokens are accepted.
+    Hmac(Vec<u8>),
+    /// RSA public key (PEM); RS256 only.
+    RsaPem(Vec<u8>),
+    /// EC P-256 public key (PEM); ES256 only.
+    EcPem(Vec<u8>),
+    /// Ed25519 public key (PEM); EdDSA only.
+    EdPem(Vec<u8>),
+}
+
+/// Authentication settings (spec section 3).
+#[derive(Clone, Debug)]
+pub struct AuthConfig {
+    pub key: JwtKey,
+    /// Clock skew tolerated on `exp`/`nbf`. Default 30 s (jsonwebtoken's own default is 60 s).
+    pub leeway: Duration,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    /// The `?token=` carrier leaks into proxy logs; operators can switch it off. Default on.
+    pub allow_query_token: bool,
+    /// Browser origins allowed to upgrade. Empty = browsers refused (403); `*` = all.
+    /// A request without `Origin` (non-browser client) is always allowed.
+    pub allowed_origins: Vec<String>,
+}
+
+/// Everything the shard runtime needs. Defaults follow spec section 6/7.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: Option<SocketAddr>,
+    pub shards: NonZeroUsize,
+    /// `None` only for `customws echo` (no auth at all).
+    pub auth: Option<AuthConfig>,
+    /// Largest assembled message, in bytes (over it: close 1009). Default 64 KiB.
+    pub max_message_size: usize,
+    /// Largest number of frames in one fragmented message (many tiny fragments exhausted
+    /// memory in ws). Default 1024 for the gateway, 65,536 for echo (Autobahn 9.x).
+    pub max_fragments: usize,
+    /// Total open connections, all shards (503 before the upgrade beyond it). Default 1,000,000.
+    pub max_connections: usize,
+    /// Connections per user; the oldest is closed with 4000 "replaced" beyond it. Default 8.
+    pub max_connections_per_user: NonZeroUsize,
+    /// Ping cadence. Default 25 s.
+    pub ping_interval: Duration,
+    /// Drop a connection from which nothing arrived for this long. Default 30 s.
+    pub pong_wait: Duration,
+    /// Whole HTTP upgrade must arrive within this (slowloris). Default 10 s.
+    pub handshake_timeout: Duration,
+    /// Request line + headers, bytes (431 beyond). Default 8 KiB.
+    pub max_header_bytes: usize,
+    /// Header count (431 beyond; CVE-2024-37890). Default 64.
+    pub max_headers: usize,
+    /// Per-connection unsent bytes before the connection counts as a slow consumer
+    /// (close 1013). Default 1 MiB.
+    pub outbound_queue_limit: usize,
+    /// Token bucket refill, messages per second per user. Default 100.
+    pub rate_limit: u32,
+    /// Token bucket size. Default 200.
+    pub rate_burst: u32,
+    /// Rate-limited messages (each answered 429) tolerated before close 1008. Default 50.
+    pub rate_abuse_threshold: u32,
+    /// Malformed envelopes (each answered 400/422) tolerated per connection before close 1008.
+    /// The counter decays by one per valid message. Default 20.
+    pub garbage_threshold: u32,
+    /// Minimum interval between two presence broadcasts of one user (latest wins). Default 100 ms.
+    pub presence_min_interval: Duration,
+    /// Cap on `payload.data.targetUsers` for notification multicast. Default 1000.
+    pub max_notification_targets: usize,
+    /// JSON nesting depth accepted in an envelope. Default 64.
+    pub max_json_depth: usize,
+    /// Slots in each cross-shard SPSC queue. Default 65,536.
+    pub cross_shard_queue_capacity: usize,
+    /// Roles allowed to send P2P / broadcast; empty = everyone. Default empty.
+    pub p2p_roles: Vec<String>,
+    pub broadcast_roles: Vec<String>,
+    /// Grace period on SIGTERM/SIGINT. Default 10 s.
+    pub drain_timeout: Duration,
+    pub log_level: String,
+    /// `--dev`: ephemeral secret, all origins, prints tokens.
+    pub dev: bool,
+}
+
+impl Config {
+    /// Gateway defaults from the spec, with the given auth settings.
+    pub fn gateway(auth: AuthConfig) -> Self {
+        Config {
+            auth: Some(auth),
+            ..Config::defaults()
+        }
+    }
+
+    /// Defaults of `customws echo`: no auth, and limits wide enough for the Autobahn
+    /// suite (16 MiB messages, 65,536 fragments).
+    pub fn echo() -> Self {
+        Config {
+            max_message_size: 16 << 20,
+            max_fragments: 65_536,
+            ..Config::defaults()
+        }
+    }
+
+    /// The spec's defaults with no auth configured.
+    fn defaults() -> Self {
+        Config {
+            listen: "0.0.0.0:8082".parse().expect("literal"),
+            admin_listen: Some("127.0.0.1:9082".parse().expect("literal")),
+            shards: std::thread::available_parallelism()
+                .unwrap_or(NonZeroUsize::MIN),
+            auth: None,
+            max_message_size: 64 * 1024,
+            max_fragments: 1024,
+            max_connections: 1_000_000,
+            max_connections_per_user: NonZeroUsize::new(8).expect("literal"),
+            ping_interval: Duration::from_secs(25),
+            pong_wait: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+            max_header_bytes: 8 * 1024,
+            max_headers: 64,
+            outbound_queue_limit: 1 << 20,
+            rate_limit: 100,
+            rate_burst: 200,
+            rate_abuse_threshold: 50,
+            garbage_threshold: 20,
+            presence_min_interval: Duration::from_millis(100),
+            max_notification_targets: 1000,
+            max_json_depth: 64,
+            cross_shard_queue_capacity: 65_536,
+            p2p_roles: Vec::new(),
+            broadcast_roles: Vec::new(),
+            drain_timeout: Duration::from_secs(10),
+            log_level: "info".into(),
+            dev: false,
+        }
+    }
+}
