@@ -11,7 +11,7 @@ use std::time::Duration;
 /// Which JWT algorithm family the gateway accepts. Only one family is ever accepted, so an
 /// HS token cannot be verified against an RSA public key (RS/HS confusion) and `alg: none`
 /// is always refused.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum JwtKey {
     /// HMAC secret; HS256, HS384 and HS512 tokens are accepted.
     Hmac(Vec<u8>),
@@ -21,6 +21,18 @@ pub enum JwtKey {
     EcPem(Vec<u8>),
     /// Ed25519 public key (PEM); EdDSA only.
     EdPem(Vec<u8>),
+}
+
+/// Never prints key material (configs are logged and `Debug`-printed).
+impl std::fmt::Debug for JwtKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JwtKey::Hmac(s) => write!(f, "Hmac(<{} bytes redacted>)", s.len()),
+            JwtKey::RsaPem(_) => f.write_str("RsaPem(..)"),
+            JwtKey::EcPem(_) => f.write_str("EcPem(..)"),
+            JwtKey::EdPem(_) => f.write_str("EdPem(..)"),
+        }
+    }
 }
 
 /// Authentication settings (spec section 3).
@@ -110,6 +122,8 @@ impl Config {
         Config {
             max_message_size: 16 << 20,
             max_fragments: 65_536,
+            // An echoed 16 MiB message must not count as a slow consumer.
+            outbound_queue_limit: 64 << 20,
             ..Config::defaults()
         }
     }
@@ -119,8 +133,7 @@ impl Config {
         Config {
             listen: "0.0.0.0:8082".parse().expect("literal"),
             admin_listen: Some("127.0.0.1:9082".parse().expect("literal")),
-            shards: std::thread::available_parallelism()
-                .unwrap_or(NonZeroUsize::MIN),
+            shards: std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN),
             auth: None,
             max_message_size: 64 * 1024,
             max_fragments: 1024,

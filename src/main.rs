@@ -1,1 +1,150 @@
-fn main(){}
+//! The `customws` binary: parse the command line, set up logging, run. Everything else lives
+//! in the library.
+
+use std::process::ExitCode;
+
+use customws::cli::{self, Command};
+use customws::config::{Config, JwtKey};
+use customws::{admin, auth, echo::Echo, gateway, Server};
+
+fn main() -> ExitCode {
+    let command = match cli::parse(std::env::args_os(), &cli::process_env) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    match command {
+        Command::Token(args) => {
+            let roles: Vec<&str> = args.roles.iter().map(String::as_str).collect();
+            println!(
+                "{}",
+                auth::mint_hs256(
+                    &args.secret,
+                    args.sub,
+                    args.name.as_deref(),
+                    &roles,
+                    args.ttl
+                )
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Echo(config) => {
+            init_logging(&config.log_level);
+            run(config, |_| Echo)
+        }
+        Command::Serve { config, warnings } => {
+            init_logging(&config.log_level);
+            for w in &warnings {
+                tracing::warn!("{w}");
+            }
+            let app = match gateway::GatewayFactory::new(&config) {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if config.dev {
+                print_dev_banner(&config);
+            }
+            run(config, move |shard| app.build(shard))
+        }
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .try_init();
+}
+
+fn run<A, F>(config: Config, make_app: F) -> ExitCode
+where
+    A: customws::shard::App,
+    F: Fn(usize) -> A + Send + Sync + 'static,
+{
+    let admin_addr = config.admin_listen;
+    let shards = config.shards.get();
+    let server = match Server::start(config, make_app) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Some(addr) = admin_addr {
+        match admin::spawn(addr, server.metrics_handles()) {
+            Ok(bound) => tracing::info!(%bound, "admin listener (GET /metrics)"),
+            Err(e) => {
+                eprintln!("error: cannot bind the admin listener {addr}: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    tracing::info!(addr = %server.local_addr(), shards, "listening");
+    // SIGTERM/SIGINT start a drain; a second signal stops at once.
+    let mut signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot install signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let handle = signals.handle();
+    let server = std::sync::Arc::new(server);
+    let watcher = {
+        let server = server.clone();
+        std::thread::spawn(move || {
+            for _ in signals.forever() {
+                if server.is_draining() {
+                    tracing::warn!("second signal: stopping now");
+                    server.stop();
+                } else {
+                    tracing::info!("signal received: draining");
+                    server.drain();
+                }
+            }
+        })
+    };
+    let server = wait_for_exit(server);
+    handle.close();
+    let _ = watcher.join();
+    match server {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Joins the shards once the last other reference to the server is gone.
+fn wait_for_exit(server: std::sync::Arc<Server>) -> std::io::Result<()> {
+    server.wait()
+}
+
+fn print_dev_banner(config: &Config) {
+    let Some(JwtKey::Hmac(secret)) = config.auth.as_ref().map(|a| &a.key) else {
+        return;
+    };
+    let ttl = std::time::Duration::from_secs(24 * 3600);
+    let alice = auth::mint_hs256(secret, 1, Some("alice"), &[], ttl);
+    let bob = auth::mint_hs256(secret, 2, Some("bob"), &[], ttl);
+    let port = config.listen.port();
+    println!("customws dev mode: ephemeral secret, all origins allowed. Tokens valid for 24h.");
+    println!();
+    println!("  alice (user 1): {alice}");
+    println!("  bob   (user 2): {bob}");
+    println!();
+    println!("Try it (bob listens, alice sends bob a message), in another terminal:");
+    println!("  cargo run --release --example p2p_demo -- ws://127.0.0.1:{port}/ws {alice} {bob}");
+    println!();
+}

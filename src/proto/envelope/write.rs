@@ -1,0 +1,692 @@
+//! Server → client envelopes, appended as JSON text to the caller's `Vec<u8>` (usually the
+//! connection's outbound buffer, so nothing is copied twice). Field order and names follow
+//! gateway.md §4–5 exactly; every writer's output is checked against serde_json in tests.
+
+use super::time::format_rfc3339_millis;
+use simd_json::prelude::*;
+use simd_json::BorrowedValue;
+
+/// `data_event` needs the client's payload to be an object to add server fields to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("payload must be a JSON object")]
+pub struct NotAnObject;
+
+/// Keys the server sets on every `data_event` payload; client values are dropped.
+const SERVER_SET_KEYS: [&str; 3] = ["senderName", "timestamp", "messageId"];
+
+/// `{"type":"data_event","fromUserId":N,"payload":{<client fields>,"senderName":…,
+/// "timestamp":"<RFC 3339 ms>","messageId":…}}` (spec §5.1). Client fields named like a
+/// server field are left out, so the output has no duplicate of them. Other client fields
+/// are copied in their order (repeated client keys stay repeated).
+///
+/// # Errors
+/// [`NotAnObject`] when `payload` is not an object; `out` is then unchanged.
+pub fn write_data_event(
+    out: &mut Vec<u8>,
+    from_user: u64,
+    payload: &BorrowedValue<'_>,
+    sender_name: &str,
+    timestamp_ms: u64,
+    message_id: &str,
+) -> Result<(), NotAnObject> {
+    let object = payload.as_object().ok_or(NotAnObject)?;
+    out.extend_from_slice(br#"{"type":"data_event","fromUserId":"#);
+    write_u64(out, from_user);
+    out.extend_from_slice(br#","payload":{"#);
+    for (key, value) in object.iter() {
+        if SERVER_SET_KEYS.contains(&key.as_ref()) {
+            continue;
+        }
+        write_json_str(out, key);
+        out.push(b':');
+        write_value(out, value);
+        out.push(b',');
+    }
+    out.extend_from_slice(br#""senderName":"#);
+    write_json_str(out, sender_name);
+    out.extend_from_slice(br#","timestamp":""#);
+    format_rfc3339_millis(timestamp_ms, out);
+    out.extend_from_slice(br#"","messageId":"#);
+    write_json_str(out, message_id);
+    out.extend_from_slice(b"}}");
+    Ok(())
+}
+
+/// `{"type":"server_ack","payload":{"acknowledgedPid":…,"status":"delivered"}}` (spec §5.1;
+/// the guide reads only `payload`, so no top-level pid).
+pub fn write_server_ack(out: &mut Vec<u8>, pid: &str) {
+    out.extend_from_slice(br#"{"type":"server_ack","payload":{"acknowledgedPid":"#);
+    write_json_str(out, pid);
+    out.extend_from_slice(br#","status":"delivered"}}"#);
+}
+
+/// `{"type":"error_notification","error":{"originalPid":…,"code":N,"message":…}}`
+/// (spec §4's `error` object; `originalPid` omitted when unknown; no `payload`, the guide's
+/// client reads `error`).
+pub fn write_error_notification(
+    out: &mut Vec<u8>,
+    original_pid: Option<&str>,
+    code: u16,
+    message: &str,
+) {
+    out.extend_from_slice(br#"{"type":"error_notification","error":{"#);
+    if let Some(pid) = original_pid {
+        out.extend_from_slice(br#""originalPid":"#);
+        write_json_str(out, pid);
+        out.push(b',');
+    }
+    out.extend_from_slice(br#""code":"#);
+    write_u64(out, u64::from(code));
+    out.extend_from_slice(br#","message":"#);
+    write_json_str(out, message);
+    out.extend_from_slice(b"}}");
+}
+
+/// `{"pid":…,"type":"generic_response","payload":<whatever write_payload appends>}`.
+/// `write_payload` must append exactly one JSON value.
+pub fn write_generic_response(
+    out: &mut Vec<u8>,
+    pid: &str,
+    write_payload: impl FnOnce(&mut Vec<u8>),
+) {
+    out.extend_from_slice(br#"{"pid":"#);
+    write_json_str(out, pid);
+    out.extend_from_slice(br#","type":"generic_response","payload":"#);
+    write_payload(out);
+    out.push(b'}');
+}
+
+/// [`write_generic_response`] with a pre-serialized payload (one JSON value, spliced as is).
+pub fn write_generic_response_raw(out: &mut Vec<u8>, pid: &str, payload_json: &[u8]) {
+    write_generic_response(out, pid, |o| o.extend_from_slice(payload_json));
+}
+
+/// Server-initiated request (library API):
+/// `{"pid":…,"type":"generic_request","payload":{"action":…,"data":<raw JSON>}}`;
+/// `data` omitted when `None`, otherwise one pre-serialized JSON value.
+pub fn write_generic_request(out: &mut Vec<u8>, pid: &str, action: &str, data: Option<&[u8]>) {
+    out.extend_from_slice(br#"{"pid":"#);
+    write_json_str(out, pid);
+    out.extend_from_slice(br#","type":"generic_request","payload":{"action":"#);
+    write_json_str(out, action);
+    if let Some(data) = data {
+        out.extend_from_slice(br#","data":"#);
+        out.extend_from_slice(data);
+    }
+    out.extend_from_slice(b"}}");
+}
+
+/// One `presence_event` (spec §5.4). `context` is the stored raw JSON from
+/// [`to_json_bytes`]; `None` is written as `null` so the payload shape never varies.
+#[derive(Debug, Clone, Copy)]
+pub struct PresenceEvent<'a> {
+    /// Top-level `fromUserId` (the user whose presence changed).
+    pub from_user: u64,
+    /// `payload.userId` (normally equal to `from_user`).
+    pub user_id: u64,
+    /// `payload.username`; `None` → `null` (the JWT `name` claim is optional).
+    pub username: Option<&'a str>,
+    /// `payload.status` (`online`, `offline`, or the client's string).
+    pub status: &'a str,
+    /// `payload.context` as raw JSON.
+    pub context: Option<&'a [u8]>,
+    /// `payload.timestamp`, Unix milliseconds, written as RFC 3339.
+    pub timestamp_ms: u64,
+}
+
+/// `{"type":"presence_event","fromUserId":N,"payload":{"userId":N,"username":…,
+/// "status":…,"context":…,"timestamp":"…"}}`.
+pub fn write_presence_event(out: &mut Vec<u8>, event: &PresenceEvent<'_>) {
+    out.extend_from_slice(br#"{"type":"presence_event","fromUserId":"#);
+    write_u64(out, event.from_user);
+    out.extend_from_slice(br#","payload":{"userId":"#);
+    write_u64(out, event.user_id);
+    out.extend_from_slice(br#","username":"#);
+    write_opt_str(out, event.username);
+    out.extend_from_slice(br#","status":"#);
+    write_json_str(out, event.status);
+    out.extend_from_slice(br#","context":"#);
+    write_raw_or_null(out, event.context);
+    out.extend_from_slice(br#","timestamp":""#);
+    format_rfc3339_millis(event.timestamp_ms, out);
+    out.extend_from_slice(br#""}}"#);
+}
+
+/// `whoami` answer: `generic_response` with `{"userId":N,"username":…,"roles":[…]}`.
+pub fn write_whoami_response<S: AsRef<str>>(
+    out: &mut Vec<u8>,
+    pid: &str,
+    user_id: u64,
+    username: Option<&str>,
+    roles: &[S],
+) {
+    write_generic_response(out, pid, |o| {
+        o.extend_from_slice(br#"{"userId":"#);
+        write_u64(o, user_id);
+        o.extend_from_slice(br#","username":"#);
+        write_opt_str(o, username);
+        o.extend_from_slice(br#","roles":["#);
+        for (i, role) in roles.iter().enumerate() {
+            if i > 0 {
+                o.push(b',');
+            }
+            write_json_str(o, role.as_ref());
+        }
+        o.extend_from_slice(b"]}");
+    });
+}
+
+/// `ping` answer: `generic_response` with `{"serverTime":"<RFC 3339 ms>"}`.
+pub fn write_ping_response(out: &mut Vec<u8>, pid: &str, now_ms: u64) {
+    write_generic_response(out, pid, |o| {
+        o.extend_from_slice(br#"{"serverTime":""#);
+        format_rfc3339_millis(now_ms, o);
+        o.extend_from_slice(br#""}"#);
+    });
+}
+
+/// `refresh_token` answer: `generic_response` with `{"ok":true,"exp":<unix seconds>}`.
+pub fn write_refresh_response(out: &mut Vec<u8>, pid: &str, exp_unix_s: u64) {
+    write_generic_response(out, pid, |o| {
+        o.extend_from_slice(br#"{"ok":true,"exp":"#);
+        write_u64(o, exp_unix_s);
+        o.push(b'}');
+    });
+}
+
+/// One user in a `get_presence` answer.
+#[derive(Debug, Clone, Copy)]
+pub struct PresenceEntry<'a> {
+    /// `userId`.
+    pub user_id: u64,
+    /// `username`; `None` → `null`.
+    pub username: Option<&'a str>,
+    /// `status`.
+    pub status: &'a str,
+    /// `context` as stored raw JSON; `None` → `null`.
+    pub context: Option<&'a [u8]>,
+    /// `since`: when the status was set, Unix milliseconds, written as RFC 3339.
+    pub since_ms: u64,
+}
+
+/// `get_presence` answer: `generic_response` with
+/// `{"users":[{"userId","username","status","context","since"}…]}`.
+pub fn write_get_presence_response<'e>(
+    out: &mut Vec<u8>,
+    pid: &str,
+    users: impl IntoIterator<Item = PresenceEntry<'e>>,
+) {
+    write_generic_response(out, pid, |o| {
+        o.extend_from_slice(br#"{"users":["#);
+        for (i, user) in users.into_iter().enumerate() {
+            if i > 0 {
+                o.push(b',');
+            }
+            o.extend_from_slice(br#"{"userId":"#);
+            write_u64(o, user.user_id);
+            o.extend_from_slice(br#","username":"#);
+            write_opt_str(o, user.username);
+            o.extend_from_slice(br#","status":"#);
+            write_json_str(o, user.status);
+            o.extend_from_slice(br#","context":"#);
+            write_raw_or_null(o, user.context);
+            o.extend_from_slice(br#","since":""#);
+            format_rfc3339_millis(user.since_ms, o);
+            o.extend_from_slice(br#""}"#);
+        }
+        o.extend_from_slice(b"]}");
+    });
+}
+
+/// Serializes a value once so it can outlive the frame it was parsed from (presence
+/// contexts), to be spliced unescaped into later outputs.
+#[must_use]
+pub fn to_json_bytes(value: &BorrowedValue<'_>) -> Box<[u8]> {
+    let mut out = Vec::new();
+    write_value(&mut out, value);
+    out.into_boxed_slice()
+}
+
+/// Appends `s` as a JSON string literal: `"` and `\` escaped, control characters as
+/// `\n`/`\t`/… or `\u00XX`, everything else (including non-ASCII UTF-8) passed through.
+pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    out.reserve(s.len() + 2);
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let short = match b {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            b'\n' => b'n',
+            b'\r' => b'r',
+            b'\t' => b't',
+            0x08 => b'b',
+            0x0c => b'f',
+            0x00..=0x1f => b'u',
+            _ => continue,
+        };
+        out.extend_from_slice(bytes.get(start..i).unwrap_or_default());
+        if short == b'u' {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 0xf)]);
+        } else {
+            out.push(b'\\');
+            out.push(short);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(bytes.get(start..).unwrap_or_default());
+    out.push(b'"');
+}
+
+fn write_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => write_json_str(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn write_raw_or_null(out: &mut Vec<u8>, raw: Option<&[u8]>) {
+    out.extend_from_slice(raw.unwrap_or(b"null"));
+}
+
+fn write_u64(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// simd-json's generator: escapes like [`write_json_str`], floats via ryu, non-finite as
+/// `null`. Recursion is bounded by the parser's depth cap.
+fn write_value(out: &mut Vec<u8>, value: &BorrowedValue<'_>) {
+    // Writing into a Vec<u8> cannot fail.
+    let _ = value.write(out);
+}
+
+/// Longest id: 13 (nonce) + 1 + 4 (shard) + 1 + 13 (counter) = 32 bytes.
+const ID_CAP: usize = 32;
+
+/// Unique ids for `messageId` and server-initiated `pid`s: `<nonce>-<shard>-<counter>`, all
+/// lowercase base 32. One generator per shard (no lock, no atomic); the shard part keeps
+/// shards apart, the process nonce keeps restarts apart.
+#[derive(Debug, Clone)]
+pub struct IdGenerator {
+    prefix: [u8; ID_CAP],
+    prefix_len: usize,
+    counter: u64,
+}
+
+/// An id from [`IdGenerator::next_id`], stored inline (no allocation).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MessageId {
+    bytes: [u8; ID_CAP],
+    len: u8,
+}
+
+impl MessageId {
+    /// The id text (ASCII).
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        let bytes = self.bytes.get(..usize::from(self.len)).unwrap_or_default();
+        std::str::from_utf8(bytes).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for MessageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl AsRef<str> for MessageId {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+const BASE32: &[u8; 32] = b"0123456789abcdefghijklmnopqrstuv";
+
+/// Appends `n` in base 32 without leading zeros to `buf` at `at`; returns the new end.
+fn put_base32(buf: &mut [u8; ID_CAP], at: usize, mut n: u64) -> usize {
+    let mut digits = [0u8; 13];
+    let mut count = 0;
+    loop {
+        if let Some(slot) = digits.get_mut(count) {
+            *slot = BASE32[(n & 31) as usize];
+        }
+        count += 1;
+        n >>= 5;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut end = at;
+    for &d in digits.iter().take(count).rev() {
+        if let Some(slot) = buf.get_mut(end) {
+            *slot = d;
+            end += 1;
+        }
+    }
+    end
+}
+
+impl IdGenerator {
+    /// `process_nonce` should differ between runs (e.g. start time in ns mixed with the pid).
+    #[must_use]
+    pub fn new(shard: u16, process_nonce: u64) -> Self {
+        let mut prefix = [0u8; ID_CAP];
+        let mut len = put_base32(&mut prefix, 0, process_nonce);
+        prefix[len] = b'-';
+        len = put_base32(&mut prefix, len + 1, u64::from(shard));
+        prefix[len] = b'-';
+        Self {
+            prefix,
+            prefix_len: len + 1,
+            counter: 0,
+        }
+    }
+
+    /// The next id of this shard.
+    pub fn next_id(&mut self) -> MessageId {
+        let mut bytes = self.prefix;
+        let end = put_base32(&mut bytes, self.prefix_len, self.counter);
+        self.counter = self.counter.wrapping_add(1);
+        MessageId {
+            bytes,
+            len: end as u8,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn parsed(out: &[u8]) -> Value {
+        serde_json::from_slice(out).unwrap_or_else(|e| {
+            panic!("{e}: {}", String::from_utf8_lossy(out));
+        })
+    }
+
+    fn borrowed(text: &str) -> (Vec<u8>, usize) {
+        (text.as_bytes().to_vec(), text.len())
+    }
+
+    const NASTY: &str = "q\"b\\s/\n\r\t\u{8}\u{c}\u{0}\u{1f}\u{7f} é 漢 😀 \u{2028}";
+
+    #[test]
+    fn json_str_escaping_round_trips() {
+        let mut out = Vec::new();
+        write_json_str(&mut out, NASTY);
+        assert_eq!(parsed(&out), json!(NASTY));
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains(r#"\u0000"#) && text.contains(r#"\u001f"#));
+        assert!(text.contains("漢 😀"), "non-ASCII passes through: {text}");
+        for b in text.bytes() {
+            assert!(b >= 0x20, "raw control byte in {text:?}");
+        }
+        let mut all = String::new();
+        for c in 0u8..0x80 {
+            all.push(char::from(c));
+        }
+        let mut out = Vec::new();
+        write_json_str(&mut out, &all);
+        assert_eq!(parsed(&out), json!(all));
+    }
+
+    #[test]
+    fn data_event_shape_and_override() {
+        let (mut buf, _) = borrowed(
+            r#"{"action":"send_message","resource":"chat","data":{"text":"hi \"x\" \u00e9"},"senderName":"forged","timestamp":"1999","messageId":"fake","n":1.5}"#,
+        );
+        let value = simd_json::to_borrowed_value(&mut buf).unwrap();
+        let mut out = b"prefix".to_vec();
+        write_data_event(&mut out, 123, &value, NASTY, 1_795_849_200_123, "m-1").unwrap();
+        let text = std::str::from_utf8(&out[6..]).unwrap();
+        for key in SERVER_SET_KEYS {
+            assert_eq!(
+                text.matches(&format!("\"{key}\"")).count(),
+                1,
+                "{key}: {text}"
+            );
+        }
+        assert_eq!(
+            parsed(&out[6..]),
+            json!({
+                "type": "data_event",
+                "fromUserId": 123,
+                "payload": {
+                    "action": "send_message",
+                    "resource": "chat",
+                    "data": {"text": "hi \"x\" é"},
+                    "n": 1.5,
+                    "senderName": NASTY,
+                    "timestamp": "2026-11-28T07:00:00.123Z",
+                    "messageId": "m-1"
+                }
+            })
+        );
+    }
+
+    #[test]
+    fn data_event_empty_and_non_object_payload() {
+        let (mut buf, _) = borrowed("{}");
+        let value = simd_json::to_borrowed_value(&mut buf).unwrap();
+        let mut out = Vec::new();
+        write_data_event(&mut out, 1, &value, "a", 0, "id").unwrap();
+        assert_eq!(
+            parsed(&out),
+            json!({"type":"data_event","fromUserId":1,"payload":{"senderName":"a","timestamp":"1970-01-01T00:00:00.000Z","messageId":"id"}})
+        );
+        for text in ["[1]", "\"s\"", "null", "3"] {
+            let (mut buf, _) = borrowed(text);
+            let value = simd_json::to_borrowed_value(&mut buf).unwrap();
+            let mut out = b"keep".to_vec();
+            assert_eq!(
+                write_data_event(&mut out, 1, &value, "a", 0, "id"),
+                Err(NotAnObject)
+            );
+            assert_eq!(out, b"keep");
+        }
+    }
+
+    #[test]
+    fn data_event_escapes_client_keys() {
+        let (mut buf, _) = borrowed(r#"{"k\"\u0001\\":"v"}"#);
+        let value = simd_json::to_borrowed_value(&mut buf).unwrap();
+        let mut out = Vec::new();
+        write_data_event(&mut out, 9, &value, "s", 0, "i").unwrap();
+        assert_eq!(parsed(&out)["payload"]["k\"\u{1}\\"], json!("v"));
+    }
+
+    #[test]
+    fn server_ack_shape() {
+        let mut out = Vec::new();
+        write_server_ack(&mut out, NASTY);
+        assert_eq!(
+            parsed(&out),
+            json!({"type":"server_ack","payload":{"acknowledgedPid":NASTY,"status":"delivered"}})
+        );
+    }
+
+    #[test]
+    fn error_notification_shape() {
+        let mut out = Vec::new();
+        write_error_notification(&mut out, Some(NASTY), 422, "bad \"x\"");
+        assert_eq!(
+            parsed(&out),
+            json!({"type":"error_notification","error":{"originalPid":NASTY,"code":422,"message":"bad \"x\""}})
+        );
+        let mut out = Vec::new();
+        write_error_notification(&mut out, None, 400, "malformed JSON");
+        assert_eq!(
+            parsed(&out),
+            json!({"type":"error_notification","error":{"code":400,"message":"malformed JSON"}})
+        );
+    }
+
+    #[test]
+    fn generic_response_and_request_shapes() {
+        let mut out = Vec::new();
+        write_generic_response_raw(&mut out, NASTY, br#"{"a":[1,2]}"#);
+        assert_eq!(
+            parsed(&out),
+            json!({"pid":NASTY,"type":"generic_response","payload":{"a":[1,2]}})
+        );
+        let mut out = Vec::new();
+        write_generic_request(&mut out, "s-1", NASTY, Some(br#"{"x":true}"#));
+        assert_eq!(
+            parsed(&out),
+            json!({"pid":"s-1","type":"generic_request","payload":{"action":NASTY,"data":{"x":true}}})
+        );
+        let mut out = Vec::new();
+        write_generic_request(&mut out, "s-2", "get_client_info", None);
+        assert_eq!(
+            parsed(&out),
+            json!({"pid":"s-2","type":"generic_request","payload":{"action":"get_client_info"}})
+        );
+    }
+
+    #[test]
+    fn builtin_response_shapes() {
+        let mut out = Vec::new();
+        write_whoami_response(&mut out, "p", 42, Some(NASTY), &["admin", "a\"b"]);
+        assert_eq!(
+            parsed(&out),
+            json!({"pid":"p","type":"generic_response","payload":{"userId":42,"username":NASTY,"roles":["admin","a\"b"]}})
+        );
+        let mut out = Vec::new();
+        write_whoami_response::<&str>(&mut out, "p", 42, None, &[]);
+        assert_eq!(
+            parsed(&out),
+            json!({"pid":"p","type":"generic_response","payload":{"userId":42,"username":null,"roles":[]}})
+        );
+        let mut out = Vec::new();
+        write_ping_response(&mut out, "p", 951_782_400_000);
+        assert_eq!(
+            parsed(&out),
+            json!({"pid":"p","type":"generic_response","payload":{"serverTime":"2000-02-29T00:00:00.000Z"}})
+        );
+        let mut out = Vec::new();
+        write_refresh_response(&mut out, "p", 1_900_000_000);
+        assert_eq!(
+            parsed(&out),
+            json!({"pid":"p","type":"generic_response","payload":{"ok":true,"exp":1_900_000_000u64}})
+        );
+        let mut out = Vec::new();
+        let users = [
+            PresenceEntry {
+                user_id: 1,
+                username: Some(NASTY),
+                status: "online",
+                context: Some(br#"{"room":"r"}"#),
+                since_ms: 0,
+            },
+            PresenceEntry {
+                user_id: 2,
+                username: None,
+                status: "away",
+                context: None,
+                since_ms: 1_000,
+            },
+        ];
+        write_get_presence_response(&mut out, "p", users);
+        assert_eq!(
+            parsed(&out),
+            json!({"pid":"p","type":"generic_response","payload":{"users":[
+                {"userId":1,"username":NASTY,"status":"online","context":{"room":"r"},"since":"1970-01-01T00:00:00.000Z"},
+                {"userId":2,"username":null,"status":"away","context":null,"since":"1970-01-01T00:00:01.000Z"}
+            ]}})
+        );
+        let mut out = Vec::new();
+        write_get_presence_response(&mut out, "p", []);
+        assert_eq!(
+            parsed(&out),
+            json!({"pid":"p","type":"generic_response","payload":{"users":[]}})
+        );
+    }
+
+    #[test]
+    fn presence_event_shape_with_stored_context() {
+        let context = {
+            let (mut buf, _) = borrowed(r#"{"location":"chat \"general\"","n":[1,2.5,null]}"#);
+            let value = simd_json::to_borrowed_value(&mut buf).unwrap();
+            to_json_bytes(&value)
+            // `buf` is dropped here; the stored bytes live on.
+        };
+        let mut out = Vec::new();
+        write_presence_event(
+            &mut out,
+            &PresenceEvent {
+                from_user: 123,
+                user_id: 123,
+                username: Some("juan_dev"),
+                status: NASTY,
+                context: Some(&context),
+                timestamp_ms: 1_705_314_600_000,
+            },
+        );
+        assert_eq!(
+            parsed(&out),
+            json!({"type":"presence_event","fromUserId":123,"payload":{
+                "userId":123,"username":"juan_dev","status":NASTY,
+                "context":{"location":"chat \"general\"","n":[1,2.5,null]},
+                "timestamp":"2024-01-15T10:30:00.000Z"}})
+        );
+        let mut out = Vec::new();
+        write_presence_event(
+            &mut out,
+            &PresenceEvent {
+                from_user: 5,
+                user_id: 5,
+                username: None,
+                status: "offline",
+                context: None,
+                timestamp_ms: 0,
+            },
+        );
+        assert_eq!(parsed(&out)["payload"]["context"], Value::Null);
+        assert_eq!(parsed(&out)["payload"]["username"], Value::Null);
+    }
+
+    #[test]
+    fn to_json_bytes_round_trips_values() {
+        let text = r#"[{"a":"\u0001x\"y"},-5,18446744073709551615,1.0e10,true,null,"漢"]"#;
+        let (mut buf, _) = borrowed(text);
+        let value = simd_json::to_borrowed_value(&mut buf).unwrap();
+        let bytes = to_json_bytes(&value);
+        assert_eq!(parsed(&bytes), serde_json::from_str::<Value>(text).unwrap());
+    }
+
+    #[test]
+    fn ids_are_unique_and_distinct_across_shards_and_runs() {
+        let mut seen = std::collections::HashSet::new();
+        for shard in [0u16, 1, 31, 32, u16::MAX] {
+            for nonce in [0u64, 1, u64::MAX] {
+                let mut ids = IdGenerator::new(shard, nonce);
+                for _ in 0..200 {
+                    let id = ids.next_id();
+                    assert!(id
+                        .as_str()
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+                    assert!(seen.insert(id.as_str().to_owned()), "duplicate {id}");
+                }
+            }
+        }
+        let mut ids = IdGenerator::new(u16::MAX, u64::MAX);
+        ids.counter = u64::MAX;
+        let id = ids.next_id();
+        assert_eq!(id.as_str().len(), ID_CAP);
+        assert_eq!(id.as_str(), "fvvvvvvvvvvvv-1vvv-fvvvvvvvvvvvv");
+        assert_eq!(ids.next_id().as_str(), "fvvvvvvvvvvvv-1vvv-0");
+    }
+}

@@ -1,0 +1,145 @@
+//! Shared helpers for the integration tests: servers on port 0, raw HTTP, and WebSocket
+//! clients (tungstenite as the reference client).
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::num::NonZeroUsize;
+use std::time::{Duration, Instant};
+
+use customws::config::Config;
+use tungstenite::client::IntoClientRequest;
+use tungstenite::protocol::WebSocket;
+use tungstenite::Message;
+
+pub type Client = WebSocket<TcpStream>;
+
+/// Echo-mode config on 127.0.0.1:0 with `shards` shards and no admin listener.
+pub fn echo_config(shards: usize) -> Config {
+    let mut c = Config::echo();
+    c.listen = "127.0.0.1:0".parse().unwrap();
+    c.admin_listen = None;
+    c.shards = NonZeroUsize::new(shards).unwrap();
+    c
+}
+
+/// Sends raw bytes and reads until the server closes (or `timeout`).
+pub fn raw_exchange(addr: SocketAddr, request: &[u8], timeout: Duration) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(timeout)).unwrap();
+    s.write_all(request).unwrap();
+    read_to_close(&mut s, timeout)
+}
+
+pub fn read_to_close(s: &mut TcpStream, timeout: Duration) -> Vec<u8> {
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                break
+            }
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+/// Status code of a raw HTTP response.
+pub fn status_of(resp: &[u8]) -> u16 {
+    let text = String::from_utf8_lossy(resp);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// JSON body of a raw HTTP response.
+pub fn body_of(resp: &[u8]) -> serde_json::Value {
+    let text = String::from_utf8_lossy(resp);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
+}
+
+pub fn upgrade_request(path: &str, extra: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    )
+}
+
+/// Connects a tungstenite client to `ws://addr/ws` with extra headers.
+pub fn connect(addr: SocketAddr, headers: &[(&str, &str)]) -> Result<Client, tungstenite::Error> {
+    connect_path(addr, "/ws", headers)
+}
+
+pub fn connect_path(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Client, tungstenite::Error> {
+    let mut req = format!("ws://{addr}{path}").into_client_request().unwrap();
+    for (k, v) in headers {
+        req.headers_mut().append(
+            tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            tungstenite::http::HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    let stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.set_nodelay(true).unwrap();
+    match tungstenite::client(req, stream) {
+        Ok((ws, _resp)) => Ok(ws),
+        Err(tungstenite::HandshakeError::Failure(e)) => Err(e),
+        Err(tungstenite::HandshakeError::Interrupted(_)) => {
+            panic!("blocking handshake interrupted")
+        }
+    }
+}
+
+/// Reads the next text or binary message (skipping pings/pongs), with the socket's timeout.
+pub fn next_data(ws: &mut Client) -> Message {
+    loop {
+        if let m @ (Message::Text(_) | Message::Binary(_) | Message::Close(_)) =
+            ws.read().expect("read")
+        {
+            return m;
+        }
+    }
+}
+
+/// Reads until a close frame arrives; returns its code (and reason).
+pub fn expect_close(ws: &mut Client) -> Option<(u16, String)> {
+    loop {
+        match ws.read() {
+            Ok(Message::Close(frame)) => {
+                return frame.map(|f| (u16::from(f.code), f.reason.to_string()))
+            }
+            Ok(_) => {}
+            Err(tungstenite::Error::ConnectionClosed) | Err(tungstenite::Error::AlreadyClosed) => {
+                return None
+            }
+            Err(e) => panic!("expected a close frame, got error {e:?}"),
+        }
+    }
+}
+
+/// Polls `f` until it returns true or the deadline passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    f()
+}
