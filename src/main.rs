@@ -46,7 +46,7 @@ fn main() -> ExitCode {
             if config.dev {
                 print_dev_banner(&config);
             }
-            run(config, move |shard| app.build(shard))
+            run(config, move |shard| app.build::<gateway::BuiltIn>(shard))
         }
     }
 }

@@ -1,13 +1,986 @@
-//! The built-in gateway (placeholder while it is being written).
-use crate::config::Config;
-use crate::echo::Echo;
+//! The built-in gateway (spec sections 3–5) as an [`App`] on the shard runtime.
+//!
+//! Flow of one client message:
+//!
+//! ```text
+//! text frame (in place) → EnvelopeParser (simd-json, in place) → rate limit → Handler::on_message
+//!   → data_request      → P2P: local delivery, or one hop to the target's home shard
+//!                          broadcast / notification multicast: frame encoded once, shared
+//!   → presence_update   → record, coalesce, announce (all shards keep a replica)
+//!   → generic_request   → whoami / ping / get_presence / refresh_token, else Handler::on_request (501)
+//!   → client_ack / generic_response → complete a pending server request
+//! ```
 
-pub struct GatewayFactory;
+pub mod handler;
+pub mod presence;
+pub mod registry;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use smallvec::SmallVec;
+use slab::Slab;
+
+use crate::auth::{self, OriginPolicy, UserId, Verifier};
+use crate::config::Config;
+use crate::metrics::Metric;
+use crate::proto::close::CloseCode;
+use crate::proto::envelope::{
+    self, ClientEnvelope, EnvelopeLimits, EnvelopeParser, IdGenerator, MessageType, PresenceEntry,
+    PresenceEvent,
+};
+use crate::proto::handshake::UpgradeRequest;
+use crate::ratelimit::{Epoch, TokenBucket};
+use crate::shard::{encode_shared_text, Accept, App, ConnKey, Core, Reject};
+
+pub use handler::{AckOutcome, BuiltIn, ConnRef, Ctx, Flow, Handler, ResponseOutcome};
+use presence::{PresenceBook, PresenceRecord};
+use registry::{home_shard, LocalUser, Registry};
+
+/// App timer kinds (`Core::schedule` data).
+const TIMER_EXPIRY: u32 = 1;
+const TIMER_PRESENCE: u32 = 2;
+const TIMER_PENDING: u32 = 3;
+
+/// Per-connection state. Small: it lives in every connection slot.
+#[derive(Default)]
+pub struct Session {
+    /// 0 while the handshake is running.
+    user: u64,
+    /// Token `exp`, Unix seconds.
+    exp: u64,
+    /// Malformed messages, decayed by valid ones (close 1008 past the threshold).
+    garbage: u16,
+    /// Rate-limited messages in a row (close 1008 past the threshold).
+    rate_strikes: u16,
+    /// Name and roles travelling with the connection to its home shard.
+    identity: Option<Box<(Box<str>, Vec<Box<str>>)>>,
+}
+
+/// Messages between the gateway's shards.
+pub enum ShardMsg {
+    /// Deliver a frame to every connection of `to`; answer the sender's shard when
+    /// `reply` is set (ack) or when nobody received it (404).
+    Deliver { to: u64, frame: Bytes, reply: Option<Reply> },
+    /// The P2P target received the event: send `server_ack` if the request had a pid.
+    Delivered { conn: ConnKey, pid: Option<Box<str>> },
+    /// The P2P target is not connected: `error_notification` 404.
+    Offline { conn: ConnKey, pid: Option<Box<str>> },
+    /// Deliver to every open connection on the shard.
+    Broadcast { frame: Bytes },
+    /// Deliver to the connections of each listed user homed on the shard.
+    Multicast { users: Vec<u64>, frame: Bytes },
+    /// A user's presence changed (replica update); `frame` is delivered to every open
+    /// connection except the user's own when it is an announcement to everyone.
+    Presence { user: u64, record: Option<Box<PresenceRecord>>, frame: Option<Bytes> },
+}
+
+/// Where a P2P answer goes.
+pub struct Reply {
+    conn: ConnKey,
+    pid: Option<Box<str>>,
+}
+
+/// A server message waiting for the client's `client_ack` / `generic_response`.
+pub(crate) enum Pending<H: Handler> {
+    Ack(handler::AckCallback<H>),
+    Response(handler::ResponseCallback<H>),
+}
+
+struct PendingEntry<H: Handler> {
+    conn: ConnKey,
+    pid: Box<str>,
+    what: Pending<H>,
+}
+
+/// Per-shard gateway state (everything but the handler, so a `Ctx` can borrow it while the
+/// handler is borrowed separately).
+pub struct GatewayState<H: Handler> {
+    verifier: Arc<Verifier>,
+    origins: Arc<OriginPolicy>,
+    allow_query_token: bool,
+    leeway_s: u64,
+    parser: EnvelopeParser,
+    ids: IdGenerator,
+    users: Registry,
+    book: PresenceBook,
+    epoch: Epoch,
+    /// Serialization buffer reused for every outgoing envelope.
+    scratch: Vec<u8>,
+    targets: Vec<u64>,
+    /// Coalesced presence updates, due in insertion order (the interval is constant).
+    presence_due: VecDeque<(Instant, u64)>,
+    pending: Slab<PendingEntry<H>>,
+    pending_by_pid: HashMap<Box<str>, usize>,
+    pending_gens: Vec<u32>,
+    pending_generation: u32,
+}
+
+/// The gateway app on one shard: the state plus the application's handler.
+pub struct Gateway<H: Handler = BuiltIn> {
+    state: GatewayState<H>,
+    handler: H,
+}
+
+/// Builds one [`Gateway`] per shard from a validated config (shared key material).
+pub struct GatewayFactory<F = fn(usize) -> BuiltIn> {
+    verifier: Arc<Verifier>,
+    origins: Arc<OriginPolicy>,
+    allow_query_token: bool,
+    leeway_s: u64,
+    limits: EnvelopeLimits,
+    nonce: u64,
+    make_handler: F,
+}
+
 impl GatewayFactory {
-    pub fn new(_c: &Config) -> Result<Self, String> {
-        Err("the gateway is not built yet".into())
+    /// The built-in gateway.
+    pub fn new(config: &Config) -> Result<Self, String> {
+        Self::with_handler(config, |_| BuiltIn)
     }
-    pub fn build(&self, _shard: usize) -> Echo {
-        Echo
+}
+
+impl<F> GatewayFactory<F> {
+    /// A gateway running `make_handler(shard)` as its application handler.
+    pub fn with_handler<H: Handler>(config: &Config, make_handler: F) -> Result<Self, String>
+    where
+        F: Fn(usize) -> H,
+    {
+        let auth = config.auth.as_ref().ok_or("the gateway needs a JWT key")?;
+        let verifier = Verifier::new(auth).map_err(|e| e.to_string())?;
+        let nonce = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+            ^ ((std::process::id() as u64) << 32);
+        Ok(GatewayFactory {
+            verifier: Arc::new(verifier),
+            origins: Arc::new(OriginPolicy::new(&auth.allowed_origins)),
+            allow_query_token: auth.allow_query_token,
+            leeway_s: auth.leeway.as_secs(),
+            limits: EnvelopeLimits { max_depth: config.max_json_depth, ..EnvelopeLimits::default() },
+            nonce,
+            make_handler,
+        })
+    }
+
+    /// The gateway for one shard (called on that shard's thread).
+    pub fn build<H: Handler>(&self, shard: usize) -> Gateway<H>
+    where
+        F: Fn(usize) -> H,
+    {
+        Gateway {
+            state: GatewayState {
+                verifier: self.verifier.clone(),
+                origins: self.origins.clone(),
+                allow_query_token: self.allow_query_token,
+                leeway_s: self.leeway_s,
+                parser: EnvelopeParser::new(self.limits),
+                ids: IdGenerator::new(shard as u16, self.nonce),
+                users: Registry::default(),
+                book: PresenceBook::default(),
+                epoch: Epoch::new(Instant::now()),
+                scratch: Vec::with_capacity(4096),
+                targets: Vec::new(),
+                presence_due: VecDeque::new(),
+                pending: Slab::new(),
+                pending_by_pid: HashMap::new(),
+                pending_gens: Vec::new(),
+                pending_generation: 0,
+            },
+            handler: (self.make_handler)(shard),
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn unix_s() -> u64 {
+    unix_ms() / 1000
+}
+
+fn roles_allow(required: &[String], roles: &[Box<str>]) -> bool {
+    required.is_empty() || required.iter().any(|r| roles.iter().any(|have| **have == **r))
+}
+
+impl<H: Handler> App for Gateway<H> {
+    type Session = Session;
+    type Msg = ShardMsg;
+
+    fn on_upgrade(&mut self, core: &mut Core<Self>, req: &UpgradeRequest<'_>) -> Result<Accept<Session>, Reject> {
+        let st = &mut self.state;
+        if !st.origins.allows(req.origin) {
+            return Err(Reject { status: 403, message: "origin not allowed".into() });
+        }
+        let Some((_carrier, token)) =
+            auth::extract_token(req.authorization, req.protocols(), req.cookie, req.query, st.allow_query_token)
+        else {
+            return Err(Reject { status: 401, message: "missing token".into() });
+        };
+        let identity = st
+            .verifier
+            .verify(&token)
+            .map_err(|e| Reject { status: 401, message: format!("invalid token: {}", e.label()) })?;
+        self.handler.authenticate(&identity)?;
+        let subprotocol = auth::offered_customws_v1(req.protocols()).then_some(auth::SUBPROTOCOL);
+        let home = home_shard(identity.user_id.0, core.shards());
+        Ok(Accept {
+            session: Session {
+                user: identity.user_id.0,
+                exp: identity.exp,
+                garbage: 0,
+                rate_strikes: 0,
+                identity: Some(Box::new((identity.name, identity.roles))),
+            },
+            subprotocol,
+            home_shard: Some(home),
+        })
+    }
+
+    fn on_open(&mut self, core: &mut Core<Self>, key: ConnKey) {
+        let now = core.now();
+        let Some(session) = core.session_mut(key) else { return };
+        let user = session.user;
+        let exp = session.exp;
+        let (name, roles) = session.identity.take().map(|b| *b).unwrap_or_default();
+        let st = &mut self.state;
+        let now_ms = st.epoch.millis(now);
+        let max = core.config().max_connections_per_user.get();
+        let first = match st.users.get_mut(UserId(user)) {
+            Some(u) => {
+                u.name = name;
+                u.roles = roles;
+                // Over the per-user limit: the oldest connection is replaced (4000).
+                while u.conns.len() >= max {
+                    let oldest = u.conns.remove(0);
+                    core.metrics().inc(Metric::CloseReplaced);
+                    core.close(oldest, CloseCode::REPLACED, "replaced");
+                }
+                u.conns.push(key);
+                false
+            }
+            None => {
+                let cfg = core.config();
+                st.users.insert(
+                    UserId(user),
+                    LocalUser {
+                        conns: SmallVec::from_slice(&[key]),
+                        name,
+                        roles,
+                        bucket: TokenBucket::new(cfg.rate_limit, cfg.rate_burst, now_ms),
+                        status: "online".into(),
+                        context: None,
+                        since_ms: unix_ms(),
+                        last_presence_ms: None,
+                        presence_pending: None,
+                    },
+                );
+                core.metrics().set(Metric::Users, st.users.len() as u64);
+                true
+            }
+        };
+        // Token expiry on the open connection (exp + leeway, the same tolerance as at
+        // the upgrade).
+        schedule_expiry(core, st, key, exp);
+        if first {
+            announce_presence(core, st, user, None, now);
+        }
+        let mut ctx = Ctx { core, state: &mut self.state };
+        self.handler.on_connect(&mut ctx, ConnRef { key, user: UserId(user) });
+    }
+
+    fn on_text(&mut self, core: &mut Core<Self>, key: ConnKey, payload: &mut [u8]) {
+        let Some(session) = core.session(key) else { return };
+        let user = session.user;
+        let st = &mut self.state;
+        let parsed = st.parser.parse(payload);
+        let msg = match parsed {
+            Ok(m) => m,
+            Err(e) => {
+                core.metrics().inc(Metric::MsgInOther);
+                send_error(core, st, key, e.original_pid.as_deref(), e.code, e.message);
+                count_garbage(core, key);
+                return;
+            }
+        };
+        core.metrics().inc(match msg.kind {
+            MessageType::DataRequest => Metric::MsgInData,
+            MessageType::PresenceUpdate => Metric::MsgInPresence,
+            MessageType::ClientAck => Metric::MsgInClientAck,
+            MessageType::GenericRequest => Metric::MsgInGenericRequest,
+            MessageType::GenericResponse => Metric::MsgInGenericResponse,
+            MessageType::Unknown(_) => Metric::MsgInOther,
+        });
+        // Per-user rate limit (all of the user's connections share the bucket: they all
+        // live on this shard).
+        let now_ms = st.epoch.millis(core.now());
+        let allowed = st.users.get_mut(UserId(user)).is_none_or(|u| u.bucket.try_take(now_ms));
+        if !allowed {
+            send_error(core, st, key, msg.pid, 429, "rate limit exceeded");
+            let threshold = core.config().rate_abuse_threshold;
+            if let Some(s) = core.session_mut(key) {
+                s.rate_strikes = s.rate_strikes.saturating_add(1);
+                if u32::from(s.rate_strikes) > threshold {
+                    core.metrics().inc(Metric::CloseRateLimit);
+                    core.close(key, CloseCode::POLICY_VIOLATION, "rate limit abuse");
+                }
+            }
+            return;
+        }
+        if let Some(s) = core.session_mut(key) {
+            s.rate_strikes = 0;
+            s.garbage = s.garbage.saturating_sub(1);
+        }
+        let conn = ConnRef { key, user: UserId(user) };
+        {
+            let mut ctx = Ctx { core: &mut *core, state: &mut *st };
+            if self.handler.on_message(&mut ctx, conn, &msg) == Flow::Handled {
+                return;
+            }
+        }
+        match msg.kind {
+            MessageType::DataRequest => handle_data_request(core, st, key, user, &msg),
+            MessageType::PresenceUpdate => handle_presence_update(core, st, key, user, &msg),
+            MessageType::GenericRequest => {
+                let Some(pid) = msg.pid else {
+                    send_error(core, st, key, None, 400, "generic_request requires a pid");
+                    count_garbage(core, key);
+                    return;
+                };
+                let action = msg.action().unwrap_or("");
+                let done = handle_builtin_request(core, st, key, user, pid, action, &msg);
+                if !done {
+                    let mut ctx = Ctx { core: &mut *core, state: &mut *st };
+                    if self.handler.on_request(&mut ctx, conn, pid, action, &msg) == Flow::Continue {
+                        send_error(core, st, key, Some(pid), 501, "unsupported action");
+                    }
+                }
+            }
+            MessageType::ClientAck => {
+                if let Some(acked) = msg.acknowledged_pid() {
+                    let status = msg.status().map(str::to_owned);
+                    let error = msg.payload_str("error").map(str::to_owned);
+                    complete_pending(core, st, &mut self.handler, key, acked, |what| match what {
+                        Pending::Ack(cb) => Completion::Ack(cb, AckOutcome::Acked { status, error }),
+                        Pending::Response(cb) => Completion::Response(cb, ResponseOutcome::TimedOut),
+                    });
+                } else {
+                    send_error(core, st, key, msg.pid, 422, "client_ack requires payload.acknowledgedPid");
+                }
+            }
+            MessageType::GenericResponse => {
+                if let Some(pid) = msg.pid {
+                    let value = payload_to_serde(&msg);
+                    complete_pending(core, st, &mut self.handler, key, pid, |what| match what {
+                        Pending::Response(cb) => Completion::Response(cb, ResponseOutcome::Response(value)),
+                        Pending::Ack(cb) => Completion::Ack(cb, AckOutcome::TimedOut),
+                    });
+                } else {
+                    send_error(core, st, key, None, 400, "generic_response requires a pid");
+                }
+            }
+            MessageType::Unknown(_) => {
+                send_error(core, st, key, msg.pid, 400, "unknown message type");
+                count_garbage(core, key);
+            }
+        }
+    }
+
+    fn on_closed(&mut self, core: &mut Core<Self>, key: ConnKey, session: Session) {
+        if session.user == 0 {
+            return;
+        }
+        let user = UserId(session.user);
+        let st = &mut self.state;
+        let mut last = false;
+        if let Some(u) = st.users.get_mut(user) {
+            u.conns.retain(|k| *k != key);
+            last = u.conns.is_empty();
+        }
+        if last {
+            // The last connection closed: the user goes offline everywhere, at once (an
+            // offline event is never coalesced away).
+            st.users.remove(user);
+            core.metrics().set(Metric::Users, st.users.len() as u64);
+            announce_offline(core, st, user.0);
+        }
+        let mut ctx = Ctx { core, state: &mut self.state };
+        self.handler.on_disconnect(&mut ctx, ConnRef { key, user });
+    }
+
+    fn on_shard_msg(&mut self, core: &mut Core<Self>, from: usize, msg: ShardMsg) {
+        let st = &mut self.state;
+        match msg {
+            ShardMsg::Deliver { to, frame, reply } => {
+                let n = deliver_local(core, st, to, &frame, None);
+                if let Some(reply) = reply {
+                    if n == 0 {
+                        core.send_to_shard(from, ShardMsg::Offline { conn: reply.conn, pid: reply.pid });
+                    } else if reply.pid.is_some() {
+                        core.send_to_shard(from, ShardMsg::Delivered { conn: reply.conn, pid: reply.pid });
+                    }
+                }
+            }
+            ShardMsg::Delivered { conn, pid } => {
+                if let Some(pid) = pid {
+                    send_ack(core, st, conn, &pid);
+                }
+            }
+            ShardMsg::Offline { conn, pid } => {
+                core.metrics().inc(Metric::OfflineTargets);
+                send_error(core, st, conn, pid.as_deref(), 404, "target user is not connected");
+            }
+            ShardMsg::Broadcast { frame } => {
+                deliver_all(core, &frame, None, None);
+            }
+            ShardMsg::Multicast { users, frame } => {
+                for u in users {
+                    deliver_local(core, st, u, &frame, None);
+                }
+            }
+            ShardMsg::Presence { user, record, frame } => {
+                match record {
+                    Some(r) => st.book.upsert(user, *r),
+                    None => st.book.remove(user),
+                }
+                if let Some(frame) = frame {
+                    deliver_all(core, &frame, None, Some(user));
+                }
+            }
+        }
+    }
+
+    fn on_timer(&mut self, core: &mut Core<Self>, key: ConnKey, data: u32) {
+        match data {
+            TIMER_EXPIRY => {
+                let Some(s) = core.session(key) else { return };
+                let exp = s.exp;
+                let st = &mut self.state;
+                if unix_s() >= exp.saturating_add(st.leeway_s) {
+                    send_error(core, st, key, None, 401, "token expired");
+                    core.metrics().inc(Metric::CloseExpired);
+                    core.close(key, CloseCode::TOKEN_EXPIRED, "token expired");
+                } else {
+                    // Refreshed since this timer was set: check again at the new expiry.
+                    schedule_expiry(core, st, key, exp);
+                }
+            }
+            TIMER_PRESENCE => flush_presence(core, &mut self.state),
+            TIMER_PENDING => {
+                let slot = key.index();
+                let st = &mut self.state;
+                let live = st.pending.get(slot).is_some_and(|_| key.generation() == pending_gen(st, slot));
+                if live {
+                    let entry = st.pending.remove(slot);
+                    st.pending_gens[slot] = 0;
+                    st.pending_by_pid.remove(&entry.pid);
+                    let mut ctx = Ctx { core, state: &mut self.state };
+                    match entry.what {
+                        Pending::Ack(cb) => cb(&mut self.handler, &mut ctx, AckOutcome::TimedOut),
+                        Pending::Response(cb) => cb(&mut self.handler, &mut ctx, ResponseOutcome::TimedOut),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_turn_end(&mut self, core: &mut Core<Self>) {
+        if !self.state.presence_due.is_empty() {
+            flush_presence(core, &mut self.state);
+        }
+    }
+
+    fn index_page(&self) -> Option<(&'static str, &'static [u8])> {
+        None
+    }
+}
+
+/// The token's expiry check, at exp + leeway (capped at a year so huge `exp` values do not
+/// overflow `Instant`).
+fn schedule_expiry<H: Handler>(core: &mut Core<Gateway<H>>, st: &GatewayState<H>, key: ConnKey, exp: u64) {
+    let left = exp.saturating_add(st.leeway_s).saturating_sub(unix_s());
+    let left = Duration::from_secs(left.min(365 * 24 * 3600)) + Duration::from_millis(5);
+    let deadline = core.now() + left;
+    core.schedule(deadline, key, TIMER_EXPIRY);
+}
+
+fn count_garbage<H: Handler>(core: &mut Core<Gateway<H>>, key: ConnKey) {
+    let threshold = core.config().garbage_threshold;
+    if let Some(s) = core.session_mut(key) {
+        s.garbage = s.garbage.saturating_add(1);
+        if u32::from(s.garbage) > threshold {
+            core.metrics().inc(Metric::CloseGarbage);
+            core.close(key, CloseCode::POLICY_VIOLATION, "too many malformed messages");
+        }
+    }
+}
+
+pub(crate) fn send_error<H: Handler>(
+    core: &mut Core<Gateway<H>>,
+    st: &mut GatewayState<H>,
+    key: ConnKey,
+    original_pid: Option<&str>,
+    code: u16,
+    message: &str,
+) {
+    st.scratch.clear();
+    envelope::write_error_notification(&mut st.scratch, original_pid, code, message);
+    if core.send_text(key, &st.scratch) {
+        core.metrics().inc(Metric::MsgOutError);
+        core.metrics().inc(Metric::for_error_code(code));
+    }
+}
+
+pub(crate) fn send_ack<H: Handler>(core: &mut Core<Gateway<H>>, st: &mut GatewayState<H>, key: ConnKey, pid: &str) {
+    st.scratch.clear();
+    envelope::write_server_ack(&mut st.scratch, pid);
+    if core.send_text(key, &st.scratch) {
+        core.metrics().inc(Metric::MsgOutServerAck);
+    }
+}
+
+/// Queues `frame` on every connection of `user` on this shard (except `exclude`).
+fn deliver_local<H: Handler>(
+    core: &mut Core<Gateway<H>>,
+    st: &GatewayState<H>,
+    user: u64,
+    frame: &Bytes,
+    exclude: Option<ConnKey>,
+) -> usize {
+    let conns: SmallVec<[ConnKey; 4]> = SmallVec::from_slice(st.users.conns(user));
+    let mut n = 0;
+    for k in conns {
+        if Some(k) != exclude && core.send_shared(k, frame) {
+            n += 1;
+        }
+    }
+    core.metrics().add(Metric::Deliveries, n as u64);
+    core.metrics().add(Metric::MsgOutDataEvent, n as u64);
+    n
+}
+
+/// Queues `frame` on every open connection of this shard except `exclude` and the
+/// connections of `skip_user`.
+fn deliver_all<H: Handler>(core: &mut Core<Gateway<H>>, frame: &Bytes, exclude: Option<ConnKey>, skip_user: Option<u64>) {
+    let mut keys = Vec::new();
+    core.for_each_open(|k| keys.push(k));
+    let mut n = 0u64;
+    for k in keys {
+        if Some(k) == exclude {
+            continue;
+        }
+        if let Some(u) = skip_user {
+            if core.session(k).is_some_and(|s| s.user == u) {
+                continue;
+            }
+        }
+        if core.send_shared(k, frame) {
+            n += 1;
+        }
+    }
+    core.metrics().add(Metric::Deliveries, n);
+}
+
+pub(crate) fn broadcast_frame<H: Handler>(
+    core: &mut Core<Gateway<H>>,
+    _st: &mut GatewayState<H>,
+    frame: Bytes,
+    exclude: Option<ConnKey>,
+) {
+    core.metrics().inc(Metric::Broadcasts);
+    for shard in 0..core.shards() {
+        if shard != core.shard_id() {
+            core.send_to_shard(shard, ShardMsg::Broadcast { frame: frame.clone() });
+        }
+    }
+    deliver_all(core, &frame, exclude, None);
+}
+
+/// Delivers `frame` to each listed user on its home shard: one message per remote shard.
+pub(crate) fn route_to_users<H: Handler>(
+    core: &mut Core<Gateway<H>>,
+    st: &mut GatewayState<H>,
+    users: &[u64],
+    frame: Bytes,
+    exclude: Option<ConnKey>,
+) {
+    let shards = core.shards();
+    let me = core.shard_id();
+    let mut remote: SmallVec<[Vec<u64>; 4]> = (0..shards).map(|_| Vec::new()).collect();
+    for &u in users {
+        let home = home_shard(u, shards);
+        if home == me {
+            deliver_local(core, st, u, &frame, exclude);
+        } else {
+            remote[home].push(u);
+        }
+    }
+    for (shard, list) in remote.into_iter().enumerate() {
+        if !list.is_empty() {
+            core.send_to_shard(shard, ShardMsg::Multicast { users: list, frame: frame.clone() });
+        }
+    }
+}
+
+fn handle_data_request<H: Handler>(
+    core: &mut Core<Gateway<H>>,
+    st: &mut GatewayState<H>,
+    key: ConnKey,
+    user: u64,
+    msg: &ClientEnvelope<'_>,
+) {
+    let cfg = core.config();
+    let is_notification = msg.resource() == Some("notification");
+    let (sender_name, roles) = match st.users.get(UserId(user)) {
+        Some(u) => (u.name.clone(), u.roles.clone()),
+        None => (Box::from(""), Vec::new()),
+    };
+    let mut targets = std::mem::take(&mut st.targets);
+    let multicast = if is_notification {
+        match msg.target_users(cfg.max_notification_targets, &mut targets) {
+            Ok(present) => present,
+            Err(e) => {
+                st.targets = targets;
+                send_error(core, st, key, e.original_pid.as_deref(), e.code, e.message);
+                return;
+            }
+        }
+    } else {
+        false
+    };
+    let required = if msg.target_user_id.is_some() || multicast { &cfg.p2p_roles } else { &cfg.broadcast_roles };
+    if !roles_allow(required, &roles) {
+        st.targets = targets;
+        send_error(core, st, key, msg.pid, 403, "not allowed to send this message");
+        return;
+    }
+    // Serialize the event once: {"type":"data_event","fromUserId":..,"payload":{..server fields}}
+    let message_id = st.ids.next_id();
+    st.scratch.clear();
+    if envelope::write_data_event(&mut st.scratch, user, &msg.payload, &sender_name, unix_ms(), message_id.as_str())
+        .is_err()
+    {
+        st.targets = targets;
+        send_error(core, st, key, msg.pid, 422, "payload must be a JSON object");
+        return;
+    }
+    let shards = core.shards();
+    if let Some(target) = msg.target_user_id {
+        // P2P: every connection of the target, on its home shard.
+        let home = home_shard(target, shards);
+        if home == core.shard_id() {
+            let frame = encode_shared_text(&st.scratch);
+            let n = deliver_local(core, st, target, &frame, None);
+            if n == 0 {
+                core.metrics().inc(Metric::OfflineTargets);
+                send_error(core, st, key, msg.pid, 404, "target user is not connected");
+            } else if let Some(pid) = msg.pid {
+                send_ack(core, st, key, pid);
+            }
+        } else {
+            let frame = encode_shared_text(&st.scratch);
+            let reply = Some(Reply { conn: key, pid: msg.pid.map(Box::from) });
+            core.send_to_shard(home, ShardMsg::Deliver { to: target, frame, reply });
+        }
+    } else if multicast {
+        let frame = encode_shared_text(&st.scratch);
+        targets.sort_unstable();
+        targets.dedup();
+        route_to_users(core, st, &targets, frame, None);
+        if let Some(pid) = msg.pid {
+            send_ack(core, st, key, pid);
+        }
+    } else {
+        let frame = encode_shared_text(&st.scratch);
+        broadcast_frame(core, st, frame, Some(key));
+        if let Some(pid) = msg.pid {
+            send_ack(core, st, key, pid);
+        }
+    }
+    st.targets = targets;
+}
+
+fn handle_presence_update<H: Handler>(
+    core: &mut Core<Gateway<H>>,
+    st: &mut GatewayState<H>,
+    key: ConnKey,
+    user: u64,
+    msg: &ClientEnvelope<'_>,
+) {
+    let Some(status) = msg.status() else {
+        send_error(core, st, key, msg.pid, 422, "presence_update requires payload.status");
+        count_garbage(core, key);
+        return;
+    };
+    let target = match msg.presence_target_user_id() {
+        Ok(t) => t,
+        Err(e) => {
+            send_error(core, st, key, e.original_pid.as_deref(), e.code, e.message);
+            return;
+        }
+    };
+    if status.len() > 64 {
+        send_error(core, st, key, msg.pid, 422, "status too long");
+        return;
+    }
+    let context = msg.context().map(envelope::to_json_bytes);
+    let now = core.now();
+    let now_ms = st.epoch.millis(now).0;
+    let min = core.config().presence_min_interval;
+    let Some(u) = st.users.get_mut(UserId(user)) else { return };
+    u.status = status.into();
+    u.context = context;
+    let due = u.last_presence_ms.map(|last| last.wrapping_add(min.as_millis() as u32));
+    let coalesce = due.is_some_and(|d| (d.wrapping_sub(now_ms) as i32) > 0);
+    if coalesce {
+        // Latest wins: the queued emission will carry whatever is current then.
+        let already = u.presence_pending.is_some();
+        u.presence_pending = Some(target);
+        if !already {
+            let wait = Duration::from_millis(due.unwrap_or(now_ms).wrapping_sub(now_ms) as u64);
+            st.presence_due.push_back((now + wait, user));
+            core.schedule(now + wait, key, TIMER_PRESENCE);
+        }
+    } else {
+        announce_presence(core, st, user, target, now);
+    }
+    if let Some(pid) = msg.pid {
+        send_ack(core, st, key, pid);
+    }
+}
+
+/// Emits the coalesced presence updates that are due.
+fn flush_presence<H: Handler>(core: &mut Core<Gateway<H>>, st: &mut GatewayState<H>) {
+    let now = core.now();
+    while let Some(&(due, user)) = st.presence_due.front() {
+        if due > now {
+            break;
+        }
+        st.presence_due.pop_front();
+        let target = st.users.get_mut(UserId(user)).and_then(|u| u.presence_pending.take());
+        if let Some(target) = target {
+            announce_presence(core, st, user, target, now);
+        }
+    }
+}
+
+/// Emits the user's current presence: to `target` only, or to everyone; every shard's
+/// replica is updated either way.
+fn announce_presence<H: Handler>(
+    core: &mut Core<Gateway<H>>,
+    st: &mut GatewayState<H>,
+    user: u64,
+    target: Option<u64>,
+    now: Instant,
+) {
+    let now_ms = st.epoch.millis(now).0;
+    let Some(u) = st.users.get_mut(UserId(user)) else { return };
+    u.last_presence_ms = Some(now_ms);
+    let record = PresenceRecord {
+        username: u.name.clone(),
+        status: u.status.clone(),
+        context: u.context.clone(),
+        since_ms: u.since_ms,
+    };
+    st.scratch.clear();
+    envelope::write_presence_event(
+        &mut st.scratch,
+        &PresenceEvent {
+            from_user: user,
+            user_id: user,
+            username: (!record.username.is_empty()).then_some(&*record.username),
+            status: &record.status,
+            context: record.context.as_deref(),
+            timestamp_ms: unix_ms(),
+        },
+    );
+    let frame = encode_shared_text(&st.scratch);
+    core.metrics().inc(Metric::PresenceEvents);
+    let me = core.shard_id();
+    for shard in 0..core.shards() {
+        if shard != me {
+            let frame = if target.is_none() { Some(frame.clone()) } else { None };
+            core.send_to_shard(shard, ShardMsg::Presence { user, record: Some(Box::new(record.clone())), frame });
+        }
+    }
+    st.book.upsert(user, record);
+    match target {
+        None => deliver_all(core, &frame, None, Some(user)),
+        Some(t) => route_to_users(core, st, &[t], frame, None),
+    }
+}
+
+fn announce_offline<H: Handler>(core: &mut Core<Gateway<H>>, st: &mut GatewayState<H>, user: u64) {
+    let username = st.book.get(user).map(|r| r.username.clone()).unwrap_or_default();
+    st.scratch.clear();
+    envelope::write_presence_event(
+        &mut st.scratch,
+        &PresenceEvent {
+            from_user: user,
+            user_id: user,
+            username: (!username.is_empty()).then_some(&*username),
+            status: "offline",
+            context: None,
+            timestamp_ms: unix_ms(),
+        },
+    );
+    let frame = encode_shared_text(&st.scratch);
+    core.metrics().inc(Metric::PresenceEvents);
+    let me = core.shard_id();
+    for shard in 0..core.shards() {
+        if shard != me {
+            core.send_to_shard(shard, ShardMsg::Presence { user, record: None, frame: Some(frame.clone()) });
+        }
+    }
+    st.book.remove(user);
+    st.presence_due.retain(|(_, u)| *u != user);
+    deliver_all(core, &frame, None, Some(user));
+}
+
+/// The built-in `generic_request` actions. Returns false for unknown actions.
+fn handle_builtin_request<H: Handler>(
+    core: &mut Core<Gateway<H>>,
+    st: &mut GatewayState<H>,
+    key: ConnKey,
+    user: u64,
+    pid: &str,
+    action: &str,
+    msg: &ClientEnvelope<'_>,
+) -> bool {
+    st.scratch.clear();
+    match action {
+        "whoami" => {
+            let (name, roles) = match st.users.get(UserId(user)) {
+                Some(u) => (u.name.clone(), u.roles.clone()),
+                None => (Box::from(""), Vec::new()),
+            };
+            envelope::write_whoami_response(&mut st.scratch, pid, user, (!name.is_empty()).then_some(&*name), &roles);
+        }
+        "ping" => envelope::write_ping_response(&mut st.scratch, pid, unix_ms()),
+        "get_presence" => {
+            let mut ids = std::mem::take(&mut st.targets);
+            let filtered = match msg.user_ids(10_000, &mut ids) {
+                Ok(f) => f,
+                Err(e) => {
+                    st.targets = ids;
+                    send_error(core, st, key, Some(pid), e.code, e.message);
+                    return true;
+                }
+            };
+            let book = &st.book;
+            fn entry(id: u64, r: &presence::PresenceRecord) -> PresenceEntry<'_> {
+                PresenceEntry {
+                    user_id: id,
+                    username: (!r.username.is_empty()).then_some(&*r.username),
+                    status: &r.status,
+                    context: r.context.as_deref(),
+                    since_ms: r.since_ms,
+                }
+            }
+            let mut out = Vec::with_capacity(256);
+            if filtered {
+                ids.sort_unstable();
+                ids.dedup();
+                let list = ids.iter().filter_map(|id| book.get(*id).map(|r| entry(*id, r)));
+                envelope::write_get_presence_response(&mut out, pid, list);
+            } else {
+                let sorted = book.sorted();
+                envelope::write_get_presence_response(&mut out, pid, sorted.into_iter().map(|(id, r)| entry(id, r)));
+            }
+            st.targets = ids;
+            st.scratch = out;
+        }
+        "refresh_token" => {
+            let Some(token) = msg.data_token() else {
+                send_error(core, st, key, Some(pid), 422, "refresh_token requires data.token");
+                return true;
+            };
+            match st.verifier.verify(token) {
+                Ok(id) if id.user_id.0 == user => {
+                    if let Some(s) = core.session_mut(key) {
+                        s.exp = id.exp;
+                    }
+                    schedule_expiry(core, st, key, id.exp);
+                    st.scratch.clear();
+                    envelope::write_refresh_response(&mut st.scratch, pid, id.exp);
+                }
+                Ok(_) => {
+                    send_error(core, st, key, Some(pid), 403, "token is for another user");
+                    return true;
+                }
+                Err(e) => {
+                    let message = format!("invalid token: {}", e.label());
+                    send_error(core, st, key, Some(pid), 401, &message);
+                    return true;
+                }
+            }
+        }
+        _ => return false,
+    }
+    if core.send_text(key, &st.scratch) {
+        core.metrics().inc(Metric::MsgOutGenericResponse);
+    }
+    true
+}
+
+fn payload_to_serde(msg: &ClientEnvelope<'_>) -> serde_json::Value {
+    let raw = envelope::to_json_bytes(&msg.payload);
+    serde_json::from_slice(&raw).unwrap_or(serde_json::Value::Null)
+}
+
+/// Generation of the pending request in `slot` (0 = none); timer keys carry it so a timer
+/// set for an earlier request in a reused slot is ignored.
+fn pending_gen<H: Handler>(st: &GatewayState<H>, slot: usize) -> u32 {
+    st.pending_gens.get(slot).copied().unwrap_or(0)
+}
+
+pub(crate) fn register_pending<H: Handler>(
+    core: &mut Core<Gateway<H>>,
+    st: &mut GatewayState<H>,
+    conn: ConnKey,
+    pid: &str,
+    timeout: Duration,
+    what: Pending<H>,
+    _sent: bool,
+) {
+    st.pending_generation = st.pending_generation.wrapping_add(1).max(1);
+    let generation = st.pending_generation;
+    let slot = st.pending.insert(PendingEntry { conn, pid: pid.into(), what });
+    if st.pending_gens.len() <= slot {
+        st.pending_gens.resize(slot + 1, 0);
+    }
+    st.pending_gens[slot] = generation;
+    st.pending_by_pid.insert(pid.into(), slot);
+    let timer_key = ConnKey::new(slot, generation);
+    core.schedule(core.now() + timeout, timer_key, TIMER_PENDING);
+}
+
+enum Completion<H: Handler> {
+    Ack(handler::AckCallback<H>, AckOutcome),
+    Response(handler::ResponseCallback<H>, ResponseOutcome),
+}
+
+fn complete_pending<H: Handler>(
+    core: &mut Core<Gateway<H>>,
+    st: &mut GatewayState<H>,
+    handler: &mut H,
+    from: ConnKey,
+    pid: &str,
+    outcome: impl FnOnce(Pending<H>) -> Completion<H>,
+) {
+    let Some(&slot) = st.pending_by_pid.get(pid) else { return };
+    if st.pending.get(slot).is_none_or(|e| e.conn != from) {
+        // Only the connection the request went to may answer it.
+        return;
+    }
+    st.pending_by_pid.remove(pid);
+    let entry = st.pending.remove(slot);
+    st.pending_gens[slot] = 0;
+    let mut ctx = Ctx { core, state: st };
+    match outcome(entry.what) {
+        Completion::Ack(cb, o) => cb(handler, &mut ctx, o),
+        Completion::Response(cb, o) => cb(handler, &mut ctx, o),
     }
 }

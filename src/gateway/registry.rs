@@ -1,0 +1,86 @@
+//! Users whose home is this shard, and their connections.
+//!
+//! Routing design: a user's home shard is `user_id % shards`. After authentication every
+//! connection is handed to its user's home shard, so all of a user's connections, its rate
+//! limiter and its presence state live on one shard: finding a user is one hash lookup on a
+//! known shard, and a P2P delivery is at most one cross-shard hop.
+
+use std::collections::HashMap;
+
+use smallvec::SmallVec;
+
+use crate::auth::UserId;
+use crate::ratelimit::TokenBucket;
+use crate::shard::ConnKey;
+
+/// The shard that owns every connection of `user`.
+pub fn home_shard(user: u64, shards: usize) -> usize {
+    (user % shards as u64) as usize
+}
+
+/// A user with at least one open connection on this (its home) shard.
+pub struct LocalUser {
+    /// Oldest first; the oldest is replaced when the per-user limit is reached.
+    pub conns: SmallVec<[ConnKey; 2]>,
+    pub name: Box<str>,
+    pub roles: Vec<Box<str>>,
+    pub bucket: TokenBucket,
+    /// Latest presence status and context (raw JSON) the user reported.
+    pub status: Box<str>,
+    pub context: Option<Box<[u8]>>,
+    /// Unix ms when the user came online.
+    pub since_ms: u64,
+    /// When the last presence event was emitted (coalescing), ms since the shard epoch.
+    pub last_presence_ms: Option<u32>,
+    /// A coalesced update waiting to be emitted, with its target (None = everyone).
+    pub presence_pending: Option<Option<u64>>,
+}
+
+/// Users homed on this shard.
+#[derive(Default)]
+pub struct Registry {
+    users: HashMap<u64, LocalUser>,
+}
+
+impl Registry {
+    pub fn get(&self, user: UserId) -> Option<&LocalUser> {
+        self.users.get(&user.0)
+    }
+
+    pub fn get_mut(&mut self, user: UserId) -> Option<&mut LocalUser> {
+        self.users.get_mut(&user.0)
+    }
+
+    pub fn insert(&mut self, user: UserId, entry: LocalUser) {
+        self.users.insert(user.0, entry);
+    }
+
+    pub fn remove(&mut self, user: UserId) -> Option<LocalUser> {
+        self.users.remove(&user.0)
+    }
+
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+
+    /// Connections of `user` on this shard (empty if none).
+    pub fn conns(&self, user: u64) -> &[ConnKey] {
+        self.users.get(&user).map_or(&[], |u| &u.conns[..])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn home_shard_spreads_users() {
+        assert_eq!(home_shard(1, 2), 1);
+        assert_eq!(home_shard(2, 2), 0);
+        assert_eq!(home_shard(7, 1), 0);
+    }
+}
