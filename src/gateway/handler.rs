@@ -36,7 +36,10 @@ pub enum Flow {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AckOutcome {
     /// The client sent `client_ack`; `status` and `error` as it gave them.
-    Acked { status: Option<String>, error: Option<String> },
+    Acked {
+        status: Option<String>,
+        error: Option<String>,
+    },
     /// No `client_ack` before the timeout (or the connection closed).
     TimedOut,
 }
@@ -68,7 +71,12 @@ pub trait Handler: Sized + 'static {
 
     /// Every valid client envelope, before the built-in rules. Return [`Flow::Handled`]
     /// to take it over.
-    fn on_message(&mut self, _ctx: &mut Ctx<'_, Self>, _conn: ConnRef, _msg: &ClientEnvelope<'_>) -> Flow {
+    fn on_message(
+        &mut self,
+        _ctx: &mut Ctx<'_, Self>,
+        _conn: ConnRef,
+        _msg: &ClientEnvelope<'_>,
+    ) -> Flow {
         Flow::Continue
     }
 
@@ -183,7 +191,15 @@ impl<H: Handler> Ctx<'_, H> {
         let sent = self.core.send_text(conn, &out);
         self.state.scratch = out;
         let pending = super::Pending::Ack(callback);
-        super::register_pending(self.core, self.state, conn, pid.as_str(), timeout, pending, sent);
+        super::register_pending(
+            self.core,
+            self.state,
+            conn,
+            pid.as_str(),
+            timeout,
+            pending,
+            sent,
+        );
     }
 
     /// Sends a server-initiated `generic_request` and runs `callback` with the client's
@@ -203,7 +219,15 @@ impl<H: Handler> Ctx<'_, H> {
         let sent = self.core.send_text(conn, &out);
         self.state.scratch = out;
         let pending = super::Pending::Response(callback);
-        super::register_pending(self.core, self.state, conn, pid.as_str(), timeout, pending, sent);
+        super::register_pending(
+            self.core,
+            self.state,
+            conn,
+            pid.as_str(),
+            timeout,
+            pending,
+            sent,
+        );
     }
 
     /// Closes the connection with a close code and reason.

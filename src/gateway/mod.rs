@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use smallvec::SmallVec;
 use slab::Slab;
+use smallvec::SmallVec;
 
 use crate::auth::{self, OriginPolicy, UserId, Verifier};
 use crate::config::Config;
@@ -44,6 +44,9 @@ const TIMER_EXPIRY: u32 = 1;
 const TIMER_PRESENCE: u32 = 2;
 const TIMER_PENDING: u32 = 3;
 
+/// A token's `name` and `roles` claims.
+type NameAndRoles = (Box<str>, Vec<Box<str>>);
+
 /// Per-connection state. Small: it lives in every connection slot.
 #[derive(Default)]
 pub struct Session {
@@ -56,25 +59,39 @@ pub struct Session {
     /// Rate-limited messages in a row (close 1008 past the threshold).
     rate_strikes: u16,
     /// Name and roles travelling with the connection to its home shard.
-    identity: Option<Box<(Box<str>, Vec<Box<str>>)>>,
+    identity: Option<Box<NameAndRoles>>,
 }
 
 /// Messages between the gateway's shards.
 pub enum ShardMsg {
     /// Deliver a frame to every connection of `to`; answer the sender's shard when
     /// `reply` is set (ack) or when nobody received it (404).
-    Deliver { to: u64, frame: Bytes, reply: Option<Reply> },
+    Deliver {
+        to: u64,
+        frame: Bytes,
+        reply: Option<Reply>,
+    },
     /// The P2P target received the event: send `server_ack` if the request had a pid.
-    Delivered { conn: ConnKey, pid: Option<Box<str>> },
+    Delivered {
+        conn: ConnKey,
+        pid: Option<Box<str>>,
+    },
     /// The P2P target is not connected: `error_notification` 404.
-    Offline { conn: ConnKey, pid: Option<Box<str>> },
+    Offline {
+        conn: ConnKey,
+        pid: Option<Box<str>>,
+    },
     /// Deliver to every open connection on the shard.
     Broadcast { frame: Bytes },
     /// Deliver to the connections of each listed user homed on the shard.
     Multicast { users: Vec<u64>, frame: Bytes },
     /// A user's presence changed (replica update); `frame` is delivered to every open
     /// connection except the user's own when it is an announcement to everyone.
-    Presence { user: u64, record: Option<Box<PresenceRecord>>, frame: Option<Bytes> },
+    Presence {
+        user: u64,
+        record: Option<Box<PresenceRecord>>,
+        frame: Option<Bytes>,
+    },
 }
 
 /// Where a P2P answer goes.
@@ -150,14 +167,19 @@ impl<F> GatewayFactory<F> {
     {
         let auth = config.auth.as_ref().ok_or("the gateway needs a JWT key")?;
         let verifier = Verifier::new(auth).map_err(|e| e.to_string())?;
-        let nonce = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+        let nonce = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
             ^ ((std::process::id() as u64) << 32);
         Ok(GatewayFactory {
             verifier: Arc::new(verifier),
             origins: Arc::new(OriginPolicy::new(&auth.allowed_origins)),
             allow_query_token: auth.allow_query_token,
             leeway_s: auth.leeway.as_secs(),
-            limits: EnvelopeLimits { max_depth: config.max_json_depth, ..EnvelopeLimits::default() },
+            limits: EnvelopeLimits {
+                max_depth: config.max_json_depth,
+                ..EnvelopeLimits::default()
+            },
             nonce,
             make_handler,
         })
@@ -193,7 +215,9 @@ impl<F> GatewayFactory<F> {
 }
 
 fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn unix_s() -> u64 {
@@ -201,27 +225,44 @@ fn unix_s() -> u64 {
 }
 
 fn roles_allow(required: &[String], roles: &[Box<str>]) -> bool {
-    required.is_empty() || required.iter().any(|r| roles.iter().any(|have| **have == **r))
+    required.is_empty()
+        || required
+            .iter()
+            .any(|r| roles.iter().any(|have| **have == **r))
 }
 
 impl<H: Handler> App for Gateway<H> {
     type Session = Session;
     type Msg = ShardMsg;
 
-    fn on_upgrade(&mut self, core: &mut Core<Self>, req: &UpgradeRequest<'_>) -> Result<Accept<Session>, Reject> {
+    fn on_upgrade(
+        &mut self,
+        core: &mut Core<Self>,
+        req: &UpgradeRequest<'_>,
+    ) -> Result<Accept<Session>, Reject> {
         let st = &mut self.state;
         if !st.origins.allows(req.origin) {
-            return Err(Reject { status: 403, message: "origin not allowed".into() });
+            return Err(Reject {
+                status: 403,
+                message: "origin not allowed".into(),
+            });
         }
-        let Some((_carrier, token)) =
-            auth::extract_token(req.authorization, req.protocols(), req.cookie, req.query, st.allow_query_token)
-        else {
-            return Err(Reject { status: 401, message: "missing token".into() });
+        let Some((_carrier, token)) = auth::extract_token(
+            req.authorization,
+            req.protocols(),
+            req.cookie,
+            req.query,
+            st.allow_query_token,
+        ) else {
+            return Err(Reject {
+                status: 401,
+                message: "missing token".into(),
+            });
         };
-        let identity = st
-            .verifier
-            .verify(&token)
-            .map_err(|e| Reject { status: 401, message: format!("invalid token: {}", e.label()) })?;
+        let identity = st.verifier.verify(&token).map_err(|e| Reject {
+            status: 401,
+            message: format!("invalid token: {}", e.label()),
+        })?;
         self.handler.authenticate(&identity)?;
         let subprotocol = auth::offered_customws_v1(req.protocols()).then_some(auth::SUBPROTOCOL);
         let home = home_shard(identity.user_id.0, core.shards());
@@ -240,7 +281,9 @@ impl<H: Handler> App for Gateway<H> {
 
     fn on_open(&mut self, core: &mut Core<Self>, key: ConnKey) {
         let now = core.now();
-        let Some(session) = core.session_mut(key) else { return };
+        let Some(session) = core.session_mut(key) else {
+            return;
+        };
         let user = session.user;
         let exp = session.exp;
         let (name, roles) = session.identity.take().map(|b| *b).unwrap_or_default();
@@ -284,14 +327,25 @@ impl<H: Handler> App for Gateway<H> {
         // the upgrade).
         schedule_expiry(core, st, key, exp);
         if first {
-            announce_presence(core, st, user, None, now);
+            announce_presence(core, st, user, None, now, true);
         }
-        let mut ctx = Ctx { core, state: &mut self.state };
-        self.handler.on_connect(&mut ctx, ConnRef { key, user: UserId(user) });
+        let mut ctx = Ctx {
+            core,
+            state: &mut self.state,
+        };
+        self.handler.on_connect(
+            &mut ctx,
+            ConnRef {
+                key,
+                user: UserId(user),
+            },
+        );
     }
 
     fn on_text(&mut self, core: &mut Core<Self>, key: ConnKey, payload: &mut [u8]) {
-        let Some(session) = core.session(key) else { return };
+        let Some(session) = core.session(key) else {
+            return;
+        };
         let user = session.user;
         let st = &mut self.state;
         let parsed = st.parser.parse(payload);
@@ -315,7 +369,10 @@ impl<H: Handler> App for Gateway<H> {
         // Per-user rate limit (all of the user's connections share the bucket: they all
         // live on this shard).
         let now_ms = st.epoch.millis(core.now());
-        let allowed = st.users.get_mut(UserId(user)).is_none_or(|u| u.bucket.try_take(now_ms));
+        let allowed = st
+            .users
+            .get_mut(UserId(user))
+            .is_none_or(|u| u.bucket.try_take(now_ms));
         if !allowed {
             send_error(core, st, key, msg.pid, 429, "rate limit exceeded");
             let threshold = core.config().rate_abuse_threshold;
@@ -332,9 +389,15 @@ impl<H: Handler> App for Gateway<H> {
             s.rate_strikes = 0;
             s.garbage = s.garbage.saturating_sub(1);
         }
-        let conn = ConnRef { key, user: UserId(user) };
+        let conn = ConnRef {
+            key,
+            user: UserId(user),
+        };
         {
-            let mut ctx = Ctx { core: &mut *core, state: &mut *st };
+            let mut ctx = Ctx {
+                core: &mut *core,
+                state: &mut *st,
+            };
             if self.handler.on_message(&mut ctx, conn, &msg) == Flow::Handled {
                 return;
             }
@@ -351,8 +414,12 @@ impl<H: Handler> App for Gateway<H> {
                 let action = msg.action().unwrap_or("");
                 let done = handle_builtin_request(core, st, key, user, pid, action, &msg);
                 if !done {
-                    let mut ctx = Ctx { core: &mut *core, state: &mut *st };
-                    if self.handler.on_request(&mut ctx, conn, pid, action, &msg) == Flow::Continue {
+                    let mut ctx = Ctx {
+                        core: &mut *core,
+                        state: &mut *st,
+                    };
+                    if self.handler.on_request(&mut ctx, conn, pid, action, &msg) == Flow::Continue
+                    {
                         send_error(core, st, key, Some(pid), 501, "unsupported action");
                     }
                 }
@@ -362,18 +429,31 @@ impl<H: Handler> App for Gateway<H> {
                     let status = msg.status().map(str::to_owned);
                     let error = msg.payload_str("error").map(str::to_owned);
                     complete_pending(core, st, &mut self.handler, key, acked, |what| match what {
-                        Pending::Ack(cb) => Completion::Ack(cb, AckOutcome::Acked { status, error }),
-                        Pending::Response(cb) => Completion::Response(cb, ResponseOutcome::TimedOut),
+                        Pending::Ack(cb) => {
+                            Completion::Ack(cb, AckOutcome::Acked { status, error })
+                        }
+                        Pending::Response(cb) => {
+                            Completion::Response(cb, ResponseOutcome::TimedOut)
+                        }
                     });
                 } else {
-                    send_error(core, st, key, msg.pid, 422, "client_ack requires payload.acknowledgedPid");
+                    send_error(
+                        core,
+                        st,
+                        key,
+                        msg.pid,
+                        422,
+                        "client_ack requires payload.acknowledgedPid",
+                    );
                 }
             }
             MessageType::GenericResponse => {
                 if let Some(pid) = msg.pid {
                     let value = payload_to_serde(&msg);
                     complete_pending(core, st, &mut self.handler, key, pid, |what| match what {
-                        Pending::Response(cb) => Completion::Response(cb, ResponseOutcome::Response(value)),
+                        Pending::Response(cb) => {
+                            Completion::Response(cb, ResponseOutcome::Response(value))
+                        }
                         Pending::Ack(cb) => Completion::Ack(cb, AckOutcome::TimedOut),
                     });
                 } else {
@@ -405,7 +485,10 @@ impl<H: Handler> App for Gateway<H> {
             core.metrics().set(Metric::Users, st.users.len() as u64);
             announce_offline(core, st, user.0);
         }
-        let mut ctx = Ctx { core, state: &mut self.state };
+        let mut ctx = Ctx {
+            core,
+            state: &mut self.state,
+        };
         self.handler.on_disconnect(&mut ctx, ConnRef { key, user });
     }
 
@@ -416,9 +499,21 @@ impl<H: Handler> App for Gateway<H> {
                 let n = deliver_local(core, st, to, &frame, None);
                 if let Some(reply) = reply {
                     if n == 0 {
-                        core.send_to_shard(from, ShardMsg::Offline { conn: reply.conn, pid: reply.pid });
+                        core.send_to_shard(
+                            from,
+                            ShardMsg::Offline {
+                                conn: reply.conn,
+                                pid: reply.pid,
+                            },
+                        );
                     } else if reply.pid.is_some() {
-                        core.send_to_shard(from, ShardMsg::Delivered { conn: reply.conn, pid: reply.pid });
+                        core.send_to_shard(
+                            from,
+                            ShardMsg::Delivered {
+                                conn: reply.conn,
+                                pid: reply.pid,
+                            },
+                        );
                     }
                 }
             }
@@ -429,7 +524,14 @@ impl<H: Handler> App for Gateway<H> {
             }
             ShardMsg::Offline { conn, pid } => {
                 core.metrics().inc(Metric::OfflineTargets);
-                send_error(core, st, conn, pid.as_deref(), 404, "target user is not connected");
+                send_error(
+                    core,
+                    st,
+                    conn,
+                    pid.as_deref(),
+                    404,
+                    "target user is not connected",
+                );
             }
             ShardMsg::Broadcast { frame } => {
                 deliver_all(core, &frame, None, None);
@@ -439,7 +541,11 @@ impl<H: Handler> App for Gateway<H> {
                     deliver_local(core, st, u, &frame, None);
                 }
             }
-            ShardMsg::Presence { user, record, frame } => {
+            ShardMsg::Presence {
+                user,
+                record,
+                frame,
+            } => {
                 match record {
                     Some(r) => st.book.upsert(user, *r),
                     None => st.book.remove(user),
@@ -470,15 +576,23 @@ impl<H: Handler> App for Gateway<H> {
             TIMER_PENDING => {
                 let slot = key.index();
                 let st = &mut self.state;
-                let live = st.pending.get(slot).is_some_and(|_| key.generation() == pending_gen(st, slot));
+                let live = st
+                    .pending
+                    .get(slot)
+                    .is_some_and(|_| key.generation() == pending_gen(st, slot));
                 if live {
                     let entry = st.pending.remove(slot);
                     st.pending_gens[slot] = 0;
                     st.pending_by_pid.remove(&entry.pid);
-                    let mut ctx = Ctx { core, state: &mut self.state };
+                    let mut ctx = Ctx {
+                        core,
+                        state: &mut self.state,
+                    };
                     match entry.what {
                         Pending::Ack(cb) => cb(&mut self.handler, &mut ctx, AckOutcome::TimedOut),
-                        Pending::Response(cb) => cb(&mut self.handler, &mut ctx, ResponseOutcome::TimedOut),
+                        Pending::Response(cb) => {
+                            cb(&mut self.handler, &mut ctx, ResponseOutcome::TimedOut)
+                        }
                     }
                 }
             }
@@ -499,7 +613,12 @@ impl<H: Handler> App for Gateway<H> {
 
 /// The token's expiry check, at exp + leeway (capped at a year so huge `exp` values do not
 /// overflow `Instant`).
-fn schedule_expiry<H: Handler>(core: &mut Core<Gateway<H>>, st: &GatewayState<H>, key: ConnKey, exp: u64) {
+fn schedule_expiry<H: Handler>(
+    core: &mut Core<Gateway<H>>,
+    st: &GatewayState<H>,
+    key: ConnKey,
+    exp: u64,
+) {
     let left = exp.saturating_add(st.leeway_s).saturating_sub(unix_s());
     let left = Duration::from_secs(left.min(365 * 24 * 3600)) + Duration::from_millis(5);
     let deadline = core.now() + left;
@@ -512,7 +631,11 @@ fn count_garbage<H: Handler>(core: &mut Core<Gateway<H>>, key: ConnKey) {
         s.garbage = s.garbage.saturating_add(1);
         if u32::from(s.garbage) > threshold {
             core.metrics().inc(Metric::CloseGarbage);
-            core.close(key, CloseCode::POLICY_VIOLATION, "too many malformed messages");
+            core.close(
+                key,
+                CloseCode::POLICY_VIOLATION,
+                "too many malformed messages",
+            );
         }
     }
 }
@@ -533,7 +656,12 @@ pub(crate) fn send_error<H: Handler>(
     }
 }
 
-pub(crate) fn send_ack<H: Handler>(core: &mut Core<Gateway<H>>, st: &mut GatewayState<H>, key: ConnKey, pid: &str) {
+pub(crate) fn send_ack<H: Handler>(
+    core: &mut Core<Gateway<H>>,
+    st: &mut GatewayState<H>,
+    key: ConnKey,
+    pid: &str,
+) {
     st.scratch.clear();
     envelope::write_server_ack(&mut st.scratch, pid);
     if core.send_text(key, &st.scratch) {
@@ -563,7 +691,12 @@ fn deliver_local<H: Handler>(
 
 /// Queues `frame` on every open connection of this shard except `exclude` and the
 /// connections of `skip_user`.
-fn deliver_all<H: Handler>(core: &mut Core<Gateway<H>>, frame: &Bytes, exclude: Option<ConnKey>, skip_user: Option<u64>) {
+fn deliver_all<H: Handler>(
+    core: &mut Core<Gateway<H>>,
+    frame: &Bytes,
+    exclude: Option<ConnKey>,
+    skip_user: Option<u64>,
+) {
     let mut keys = Vec::new();
     core.for_each_open(|k| keys.push(k));
     let mut n = 0u64;
@@ -592,7 +725,12 @@ pub(crate) fn broadcast_frame<H: Handler>(
     core.metrics().inc(Metric::Broadcasts);
     for shard in 0..core.shards() {
         if shard != core.shard_id() {
-            core.send_to_shard(shard, ShardMsg::Broadcast { frame: frame.clone() });
+            core.send_to_shard(
+                shard,
+                ShardMsg::Broadcast {
+                    frame: frame.clone(),
+                },
+            );
         }
     }
     deliver_all(core, &frame, exclude, None);
@@ -619,7 +757,13 @@ pub(crate) fn route_to_users<H: Handler>(
     }
     for (shard, list) in remote.into_iter().enumerate() {
         if !list.is_empty() {
-            core.send_to_shard(shard, ShardMsg::Multicast { users: list, frame: frame.clone() });
+            core.send_to_shard(
+                shard,
+                ShardMsg::Multicast {
+                    users: list,
+                    frame: frame.clone(),
+                },
+            );
         }
     }
 }
@@ -650,17 +794,35 @@ fn handle_data_request<H: Handler>(
     } else {
         false
     };
-    let required = if msg.target_user_id.is_some() || multicast { &cfg.p2p_roles } else { &cfg.broadcast_roles };
+    let required = if msg.target_user_id.is_some() || multicast {
+        &cfg.p2p_roles
+    } else {
+        &cfg.broadcast_roles
+    };
     if !roles_allow(required, &roles) {
         st.targets = targets;
-        send_error(core, st, key, msg.pid, 403, "not allowed to send this message");
+        send_error(
+            core,
+            st,
+            key,
+            msg.pid,
+            403,
+            "not allowed to send this message",
+        );
         return;
     }
     // Serialize the event once: {"type":"data_event","fromUserId":..,"payload":{..server fields}}
     let message_id = st.ids.next_id();
     st.scratch.clear();
-    if envelope::write_data_event(&mut st.scratch, user, &msg.payload, &sender_name, unix_ms(), message_id.as_str())
-        .is_err()
+    if envelope::write_data_event(
+        &mut st.scratch,
+        user,
+        &msg.payload,
+        &sender_name,
+        unix_ms(),
+        message_id.as_str(),
+    )
+    .is_err()
     {
         st.targets = targets;
         send_error(core, st, key, msg.pid, 422, "payload must be a JSON object");
@@ -681,8 +843,18 @@ fn handle_data_request<H: Handler>(
             }
         } else {
             let frame = encode_shared_text(&st.scratch);
-            let reply = Some(Reply { conn: key, pid: msg.pid.map(Box::from) });
-            core.send_to_shard(home, ShardMsg::Deliver { to: target, frame, reply });
+            let reply = Some(Reply {
+                conn: key,
+                pid: msg.pid.map(Box::from),
+            });
+            core.send_to_shard(
+                home,
+                ShardMsg::Deliver {
+                    to: target,
+                    frame,
+                    reply,
+                },
+            );
         }
     } else if multicast {
         let frame = encode_shared_text(&st.scratch);
@@ -710,7 +882,14 @@ fn handle_presence_update<H: Handler>(
     msg: &ClientEnvelope<'_>,
 ) {
     let Some(status) = msg.status() else {
-        send_error(core, st, key, msg.pid, 422, "presence_update requires payload.status");
+        send_error(
+            core,
+            st,
+            key,
+            msg.pid,
+            422,
+            "presence_update requires payload.status",
+        );
         count_garbage(core, key);
         return;
     };
@@ -729,10 +908,14 @@ fn handle_presence_update<H: Handler>(
     let now = core.now();
     let now_ms = st.epoch.millis(now).0;
     let min = core.config().presence_min_interval;
-    let Some(u) = st.users.get_mut(UserId(user)) else { return };
+    let Some(u) = st.users.get_mut(UserId(user)) else {
+        return;
+    };
     u.status = status.into();
     u.context = context;
-    let due = u.last_presence_ms.map(|last| last.wrapping_add(min.as_millis() as u32));
+    let due = u
+        .last_presence_ms
+        .map(|last| last.wrapping_add(min.as_millis() as u32));
     let coalesce = due.is_some_and(|d| (d.wrapping_sub(now_ms) as i32) > 0);
     if coalesce {
         // Latest wins: the queued emission will carry whatever is current then.
@@ -744,7 +927,7 @@ fn handle_presence_update<H: Handler>(
             core.schedule(now + wait, key, TIMER_PRESENCE);
         }
     } else {
-        announce_presence(core, st, user, target, now);
+        announce_presence(core, st, user, target, now, false);
     }
     if let Some(pid) = msg.pid {
         send_ack(core, st, key, pid);
@@ -759,9 +942,12 @@ fn flush_presence<H: Handler>(core: &mut Core<Gateway<H>>, st: &mut GatewayState
             break;
         }
         st.presence_due.pop_front();
-        let target = st.users.get_mut(UserId(user)).and_then(|u| u.presence_pending.take());
+        let target = st
+            .users
+            .get_mut(UserId(user))
+            .and_then(|u| u.presence_pending.take());
         if let Some(target) = target {
-            announce_presence(core, st, user, target, now);
+            announce_presence(core, st, user, target, now, false);
         }
     }
 }
@@ -774,10 +960,16 @@ fn announce_presence<H: Handler>(
     user: u64,
     target: Option<u64>,
     now: Instant,
+    automatic: bool,
 ) {
     let now_ms = st.epoch.millis(now).0;
-    let Some(u) = st.users.get_mut(UserId(user)) else { return };
-    u.last_presence_ms = Some(now_ms);
+    let Some(u) = st.users.get_mut(UserId(user)) else {
+        return;
+    };
+    // The automatic "online" does not count against the user's own update rate.
+    if !automatic {
+        u.last_presence_ms = Some(now_ms);
+    }
     let record = PresenceRecord {
         username: u.name.clone(),
         status: u.status.clone(),
@@ -801,8 +993,19 @@ fn announce_presence<H: Handler>(
     let me = core.shard_id();
     for shard in 0..core.shards() {
         if shard != me {
-            let frame = if target.is_none() { Some(frame.clone()) } else { None };
-            core.send_to_shard(shard, ShardMsg::Presence { user, record: Some(Box::new(record.clone())), frame });
+            let frame = if target.is_none() {
+                Some(frame.clone())
+            } else {
+                None
+            };
+            core.send_to_shard(
+                shard,
+                ShardMsg::Presence {
+                    user,
+                    record: Some(Box::new(record.clone())),
+                    frame,
+                },
+            );
         }
     }
     st.book.upsert(user, record);
@@ -813,7 +1016,11 @@ fn announce_presence<H: Handler>(
 }
 
 fn announce_offline<H: Handler>(core: &mut Core<Gateway<H>>, st: &mut GatewayState<H>, user: u64) {
-    let username = st.book.get(user).map(|r| r.username.clone()).unwrap_or_default();
+    let username = st
+        .book
+        .get(user)
+        .map(|r| r.username.clone())
+        .unwrap_or_default();
     st.scratch.clear();
     envelope::write_presence_event(
         &mut st.scratch,
@@ -831,7 +1038,14 @@ fn announce_offline<H: Handler>(core: &mut Core<Gateway<H>>, st: &mut GatewaySta
     let me = core.shard_id();
     for shard in 0..core.shards() {
         if shard != me {
-            core.send_to_shard(shard, ShardMsg::Presence { user, record: None, frame: Some(frame.clone()) });
+            core.send_to_shard(
+                shard,
+                ShardMsg::Presence {
+                    user,
+                    record: None,
+                    frame: Some(frame.clone()),
+                },
+            );
         }
     }
     st.book.remove(user);
@@ -856,7 +1070,13 @@ fn handle_builtin_request<H: Handler>(
                 Some(u) => (u.name.clone(), u.roles.clone()),
                 None => (Box::from(""), Vec::new()),
             };
-            envelope::write_whoami_response(&mut st.scratch, pid, user, (!name.is_empty()).then_some(&*name), &roles);
+            envelope::write_whoami_response(
+                &mut st.scratch,
+                pid,
+                user,
+                (!name.is_empty()).then_some(&*name),
+                &roles,
+            );
         }
         "ping" => envelope::write_ping_response(&mut st.scratch, pid, unix_ms()),
         "get_presence" => {
@@ -883,18 +1103,31 @@ fn handle_builtin_request<H: Handler>(
             if filtered {
                 ids.sort_unstable();
                 ids.dedup();
-                let list = ids.iter().filter_map(|id| book.get(*id).map(|r| entry(*id, r)));
+                let list = ids
+                    .iter()
+                    .filter_map(|id| book.get(*id).map(|r| entry(*id, r)));
                 envelope::write_get_presence_response(&mut out, pid, list);
             } else {
                 let sorted = book.sorted();
-                envelope::write_get_presence_response(&mut out, pid, sorted.into_iter().map(|(id, r)| entry(id, r)));
+                envelope::write_get_presence_response(
+                    &mut out,
+                    pid,
+                    sorted.into_iter().map(|(id, r)| entry(id, r)),
+                );
             }
             st.targets = ids;
             st.scratch = out;
         }
         "refresh_token" => {
             let Some(token) = msg.data_token() else {
-                send_error(core, st, key, Some(pid), 422, "refresh_token requires data.token");
+                send_error(
+                    core,
+                    st,
+                    key,
+                    Some(pid),
+                    422,
+                    "refresh_token requires data.token",
+                );
                 return true;
             };
             match st.verifier.verify(token) {
@@ -947,7 +1180,11 @@ pub(crate) fn register_pending<H: Handler>(
 ) {
     st.pending_generation = st.pending_generation.wrapping_add(1).max(1);
     let generation = st.pending_generation;
-    let slot = st.pending.insert(PendingEntry { conn, pid: pid.into(), what });
+    let slot = st.pending.insert(PendingEntry {
+        conn,
+        pid: pid.into(),
+        what,
+    });
     if st.pending_gens.len() <= slot {
         st.pending_gens.resize(slot + 1, 0);
     }
@@ -970,7 +1207,9 @@ fn complete_pending<H: Handler>(
     pid: &str,
     outcome: impl FnOnce(Pending<H>) -> Completion<H>,
 ) {
-    let Some(&slot) = st.pending_by_pid.get(pid) else { return };
+    let Some(&slot) = st.pending_by_pid.get(pid) else {
+        return;
+    };
     if st.pending.get(slot).is_none_or(|e| e.conn != from) {
         // Only the connection the request went to may answer it.
         return;

@@ -36,6 +36,10 @@ pub fn read_to_close(s: &mut TcpStream, timeout: Duration) -> Vec<u8> {
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     while Instant::now() < deadline {
+        // A 101 answer is complete at the end of its head (the socket stays open).
+        if out.starts_with(b"HTTP/1.1 101") && out.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
         match s.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => out.extend_from_slice(&buf[..n]),
@@ -142,4 +146,102 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(10));
     }
     f()
+}
+
+pub const SECRET: &[u8] = b"test-secret-test-secret-test-secret!";
+
+/// Gateway config on 127.0.0.1:0 with an HS256 secret, `shards` shards, all origins.
+pub fn gateway_config(shards: usize) -> Config {
+    let auth = customws::config::AuthConfig {
+        key: customws::config::JwtKey::Hmac(SECRET.to_vec()),
+        leeway: Duration::from_secs(0),
+        issuer: None,
+        audience: None,
+        allow_query_token: true,
+        allowed_origins: vec!["https://app.example".into()],
+    };
+    let mut c = Config::gateway(auth);
+    c.listen = "127.0.0.1:0".parse().unwrap();
+    c.admin_listen = None;
+    c.shards = NonZeroUsize::new(shards).unwrap();
+    c
+}
+
+pub fn gateway(config: Config) -> customws::Server {
+    let factory = customws::gateway::GatewayFactory::new(&config).unwrap();
+    customws::Server::start(config, move |s| {
+        factory.build::<customws::gateway::BuiltIn>(s)
+    })
+    .unwrap()
+}
+
+pub fn token(sub: u64, name: &str) -> String {
+    customws::auth::mint_hs256(SECRET, sub, Some(name), &[], Duration::from_secs(3600))
+}
+
+pub fn token_with_roles(sub: u64, name: &str, roles: &[&str]) -> String {
+    customws::auth::mint_hs256(SECRET, sub, Some(name), roles, Duration::from_secs(3600))
+}
+
+/// A JSON-speaking test client.
+pub struct User {
+    pub ws: Client,
+    pub id: u64,
+}
+
+impl User {
+    pub fn connect(addr: SocketAddr, id: u64, name: &str) -> User {
+        let t = token(id, name);
+        let ws = connect(addr, &[("Authorization", &format!("Bearer {t}"))]).expect("upgrade");
+        User { ws, id }
+    }
+
+    pub fn send(&mut self, v: serde_json::Value) {
+        self.ws.send(Message::text(v.to_string())).unwrap();
+    }
+
+    pub fn send_raw(&mut self, s: &str) {
+        self.ws.send(Message::text(s.to_string())).unwrap();
+    }
+
+    /// Next JSON message (panics on close or timeout).
+    pub fn recv(&mut self) -> serde_json::Value {
+        match next_data(&mut self.ws) {
+            Message::Text(t) => serde_json::from_str(t.as_str()).expect("json"),
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+
+    /// Next message of the given type, skipping others (presence chatter).
+    pub fn recv_type(&mut self, ty: &str) -> serde_json::Value {
+        loop {
+            let v = self.recv();
+            if v["type"] == ty {
+                return v;
+            }
+        }
+    }
+
+    /// Asserts nothing arrives within `wait` (other than pings).
+    pub fn expect_silence(&mut self, wait: Duration) {
+        let s = self.ws.get_ref();
+        s.set_read_timeout(Some(wait)).unwrap();
+        let r = self.ws.read();
+        self.ws
+            .get_ref()
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        match r {
+            Err(tungstenite::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Ok(Message::Ping(_)) | Ok(Message::Pong(_)) => {}
+            other => panic!("expected silence, got {other:?}"),
+        }
+    }
+
+    /// Reads messages until the close frame; returns its code.
+    pub fn expect_close(&mut self) -> Option<u16> {
+        expect_close(&mut self.ws).map(|c| c.0)
+    }
 }
