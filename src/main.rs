@@ -29,7 +29,7 @@ fn main() -> ExitCode {
         }
         Command::Echo(config) => {
             init_logging(&config.log_level);
-            run(config, |_| Echo)
+            run(config, |_| Echo, |_| {})
         }
         Command::Serve { config, warnings } => {
             init_logging(&config.log_level);
@@ -43,10 +43,19 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            if config.dev {
-                print_dev_banner(&config);
-            }
-            run(config, move |shard| app.build::<gateway::BuiltIn>(shard))
+            let dev_secret = match (&config.dev, config.auth.as_ref().map(|a| &a.key)) {
+                (true, Some(JwtKey::Hmac(secret))) => Some(secret.clone()),
+                _ => None,
+            };
+            run(
+                config,
+                move |shard| app.build::<gateway::BuiltIn>(shard),
+                move |addr| {
+                    if let Some(secret) = &dev_secret {
+                        print_dev_banner(secret, addr);
+                    }
+                },
+            )
         }
     }
 }
@@ -60,7 +69,7 @@ fn init_logging(level: &str) {
         .try_init();
 }
 
-fn run<A, F>(config: Config, make_app: F) -> ExitCode
+fn run<A, F>(config: Config, make_app: F, on_ready: impl FnOnce(std::net::SocketAddr)) -> ExitCode
 where
     A: customws::shard::App,
     F: Fn(usize) -> A + Send + Sync + 'static,
@@ -84,6 +93,7 @@ where
         }
     }
     tracing::info!(addr = %server.local_addr(), shards, "listening");
+    on_ready(server.local_addr());
     // SIGTERM/SIGINT start a drain; a second signal stops at once.
     let mut signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
@@ -131,14 +141,11 @@ fn wait_for_exit(server: std::sync::Arc<Server>) -> std::io::Result<()> {
     server.wait()
 }
 
-fn print_dev_banner(config: &Config) {
-    let Some(JwtKey::Hmac(secret)) = config.auth.as_ref().map(|a| &a.key) else {
-        return;
-    };
+fn print_dev_banner(secret: &[u8], addr: std::net::SocketAddr) {
     let ttl = std::time::Duration::from_secs(24 * 3600);
     let alice = auth::mint_hs256(secret, 1, Some("alice"), &[], ttl);
     let bob = auth::mint_hs256(secret, 2, Some("bob"), &[], ttl);
-    let port = config.listen.port();
+    let port = addr.port();
     println!("customws dev mode: ephemeral secret, all origins allowed. Tokens valid for 24h.");
     println!();
     println!("  alice (user 1): {alice}");
@@ -147,4 +154,6 @@ fn print_dev_banner(config: &Config) {
     println!("Try it (bob listens, alice sends bob a message), in another terminal:");
     println!("  cargo run --release --example p2p_demo -- ws://127.0.0.1:{port}/ws {alice} {bob}");
     println!();
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
 }
