@@ -20,6 +20,7 @@ pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod echo;
 pub mod gateway;
 pub mod metrics;

@@ -158,7 +158,7 @@ fn presence_online_offline_updates_and_get_presence() {
     let mut alice = User::connect(addr, 1, "alice");
     let mut bob = User::connect(addr, 2, "bob");
     // Alice sees Bob come online (Bob lives on the other shard).
-    let ev = alice.recv_type("presence_event");
+    let ev = alice.recv_presence_of(2);
     assert_eq!(ev["fromUserId"], 2);
     assert_eq!(ev["payload"]["userId"], 2);
     assert_eq!(ev["payload"]["username"], "bob");
@@ -166,7 +166,7 @@ fn presence_online_offline_updates_and_get_presence() {
     assert!(ev["payload"]["timestamp"].is_string());
 
     bob.send(json!({"type": "presence_update", "payload": {"status": "typing", "context": {"chatWith": 1}}}));
-    let ev = alice.recv_type("presence_event");
+    let ev = alice.recv_presence_of(2);
     assert_eq!(ev["payload"]["status"], "typing");
     assert_eq!(ev["payload"]["context"]["chatWith"], 1);
 
@@ -191,7 +191,7 @@ fn presence_online_offline_updates_and_get_presence() {
 
     // Bob's last connection closes: Alice sees offline, and get_presence forgets him.
     drop(bob);
-    let ev = alice.recv_type("presence_event");
+    let ev = alice.recv_presence_of(2);
     assert_eq!(ev["payload"]["userId"], 2);
     assert_eq!(ev["payload"]["status"], "offline");
     alice.send(
@@ -208,20 +208,15 @@ fn a_user_stays_online_until_the_last_connection_closes() {
     let server = gateway(gateway_config(2));
     let addr = server.local_addr();
     let mut alice = User::connect(addr, 1, "alice");
+    assert_eq!(alice.recv_presence_of(1)["payload"]["status"], "online");
     let b1 = User::connect(addr, 2, "bob");
-    assert_eq!(
-        alice.recv_type("presence_event")["payload"]["status"],
-        "online"
-    );
+    assert_eq!(alice.recv_presence_of(2)["payload"]["status"], "online");
     let b2 = User::connect(addr, 2, "bob");
     drop(b1);
     // No offline while b2 is open (and no second "online").
     alice.expect_silence(Duration::from_millis(300));
     drop(b2);
-    assert_eq!(
-        alice.recv_type("presence_event")["payload"]["status"],
-        "offline"
-    );
+    assert_eq!(alice.recv_presence_of(2)["payload"]["status"], "offline");
 }
 
 #[test]
@@ -233,17 +228,18 @@ fn targeted_presence_goes_to_the_target_only_and_updates_coalesce() {
     let mut alice = User::connect(addr, 1, "alice");
     let mut carol = User::connect(addr, 3, "carol");
     let mut bob = User::connect(addr, 2, "bob");
-    assert_eq!(alice.recv_type("presence_event")["payload"]["userId"], 3);
-    assert_eq!(alice.recv_type("presence_event")["payload"]["userId"], 2);
-    assert_eq!(carol.recv_type("presence_event")["payload"]["userId"], 2);
+    alice.recv_presence_of(2);
+    carol.recv_presence_of(2);
+    alice.drain(Duration::from_millis(200));
+    carol.drain(Duration::from_millis(10));
     // A burst of typing updates aimed at Alice: the first goes out, the rest coalesce into
     // one (latest wins).
     for i in 0..10 {
         bob.send(json!({"type": "presence_update", "targetUserId": 1, "payload": {"status": "typing", "context": {"i": i}}}));
     }
-    let first = alice.recv_type("presence_event");
+    let first = alice.recv_presence_of(2);
     assert_eq!(first["payload"]["context"]["i"], 0);
-    let second = alice.recv_type("presence_event");
+    let second = alice.recv_presence_of(2);
     assert_eq!(
         second["payload"]["context"]["i"], 9,
         "latest wins: {second}"

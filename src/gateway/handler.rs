@@ -217,6 +217,11 @@ impl<H: Handler> Ctx<'_, H> {
         out.clear();
         envelope::write_generic_request(&mut out, pid.as_str(), action, data_json);
         let sent = self.core.send_text(conn, &out);
+        if sent {
+            self.core
+                .metrics()
+                .inc(crate::metrics::Metric::MsgOutGenericRequest);
+        }
         self.state.scratch = out;
         let pending = super::Pending::Response(callback);
         super::register_pending(

@@ -55,9 +55,9 @@ pub struct Session {
     /// Token `exp`, Unix seconds.
     exp: u64,
     /// Malformed messages, decayed by valid ones (close 1008 past the threshold).
-    garbage: u16,
+    garbage: u32,
     /// Rate-limited messages in a row (close 1008 past the threshold).
-    rate_strikes: u16,
+    rate_strikes: u32,
     /// Name and roles travelling with the connection to its home shard.
     identity: Option<Box<NameAndRoles>>,
 }
@@ -85,12 +85,11 @@ pub enum ShardMsg {
     Broadcast { frame: Bytes },
     /// Deliver to the connections of each listed user homed on the shard.
     Multicast { users: Vec<u64>, frame: Bytes },
-    /// A user's presence changed (replica update); `frame` is delivered to every open
-    /// connection except the user's own when it is an announcement to everyone.
+    /// Presence changes of one loop turn, in order (replica updates; `None` = offline),
+    /// and the concatenated `presence_event` frames for every open connection.
     Presence {
-        user: u64,
-        record: Option<Box<PresenceRecord>>,
-        frame: Option<Bytes>,
+        updates: Vec<(u64, Option<Box<PresenceRecord>>)>,
+        frames: Option<Bytes>,
     },
 }
 
@@ -129,10 +128,14 @@ pub struct GatewayState<H: Handler> {
     targets: Vec<u64>,
     /// Coalesced presence updates, due in insertion order (the interval is constant).
     presence_due: VecDeque<(Instant, u64)>,
+    /// This turn's announcements to everyone (concatenated frames) and replica updates.
+    presence_frames: Vec<u8>,
+    presence_updates: Vec<(u64, Option<Box<PresenceRecord>>)>,
     pending: Slab<PendingEntry<H>>,
     pending_by_pid: HashMap<Box<str>, usize>,
     pending_gens: Vec<u32>,
     pending_generation: u32,
+    serve_demo: bool,
 }
 
 /// The gateway app on one shard: the state plus the application's handler.
@@ -149,6 +152,7 @@ pub struct GatewayFactory<F = fn(usize) -> BuiltIn> {
     leeway_s: u64,
     limits: EnvelopeLimits,
     nonce: u64,
+    serve_demo: bool,
     make_handler: F,
 }
 
@@ -181,6 +185,7 @@ impl<F> GatewayFactory<F> {
                 ..EnvelopeLimits::default()
             },
             nonce,
+            serve_demo: config.dev,
             make_handler,
         })
     }
@@ -204,10 +209,13 @@ impl<F> GatewayFactory<F> {
                 scratch: Vec::with_capacity(4096),
                 targets: Vec::new(),
                 presence_due: VecDeque::new(),
+                presence_frames: Vec::new(),
+                presence_updates: Vec::new(),
                 pending: Slab::new(),
                 pending_by_pid: HashMap::new(),
                 pending_gens: Vec::new(),
                 pending_generation: 0,
+                serve_demo: self.serve_demo,
             },
             handler: (self.make_handler)(shard),
         }
@@ -314,6 +322,7 @@ impl<H: Handler> App for Gateway<H> {
                         bucket: TokenBucket::new(cfg.rate_limit, cfg.rate_burst, now_ms),
                         status: "online".into(),
                         context: None,
+                        targeted: None,
                         since_ms: unix_ms(),
                         last_presence_ms: None,
                         presence_pending: None,
@@ -378,7 +387,7 @@ impl<H: Handler> App for Gateway<H> {
             let threshold = core.config().rate_abuse_threshold;
             if let Some(s) = core.session_mut(key) {
                 s.rate_strikes = s.rate_strikes.saturating_add(1);
-                if u32::from(s.rate_strikes) > threshold {
+                if s.rate_strikes > threshold {
                     core.metrics().inc(Metric::CloseRateLimit);
                     core.close(key, CloseCode::POLICY_VIOLATION, "rate limit abuse");
                 }
@@ -534,24 +543,24 @@ impl<H: Handler> App for Gateway<H> {
                 );
             }
             ShardMsg::Broadcast { frame } => {
-                deliver_all(core, &frame, None, None);
+                let n = deliver_all(core, &frame, None, None);
+                core.metrics().add(Metric::MsgOutDataEvent, n);
             }
             ShardMsg::Multicast { users, frame } => {
                 for u in users {
                     deliver_local(core, st, u, &frame, None);
                 }
             }
-            ShardMsg::Presence {
-                user,
-                record,
-                frame,
-            } => {
-                match record {
-                    Some(r) => st.book.upsert(user, *r),
-                    None => st.book.remove(user),
+            ShardMsg::Presence { updates, frames } => {
+                for (user, record) in updates {
+                    match record {
+                        Some(r) => st.book.upsert(user, *r),
+                        None => st.book.remove(user),
+                    }
                 }
-                if let Some(frame) = frame {
-                    deliver_all(core, &frame, None, Some(user));
+                if let Some(frames) = frames {
+                    let n = deliver_all(core, &frames, None, None);
+                    core.metrics().add(Metric::MsgOutPresence, n);
                 }
             }
         }
@@ -604,10 +613,18 @@ impl<H: Handler> App for Gateway<H> {
         if !self.state.presence_due.is_empty() {
             flush_presence(core, &mut self.state);
         }
+        flush_presence_batch(core, &mut self.state);
     }
 
+    fn wants_turn(&self) -> bool {
+        !self.state.presence_updates.is_empty() || !self.state.presence_frames.is_empty()
+    }
+
+    /// The demo page, in `--dev` mode only (it is a developer tool, not a product page).
     fn index_page(&self) -> Option<(&'static str, &'static [u8])> {
-        None
+        self.state
+            .serve_demo
+            .then_some((crate::demo::INDEX_CONTENT_TYPE, crate::demo::INDEX_HTML))
     }
 }
 
@@ -629,7 +646,7 @@ fn count_garbage<H: Handler>(core: &mut Core<Gateway<H>>, key: ConnKey) {
     let threshold = core.config().garbage_threshold;
     if let Some(s) = core.session_mut(key) {
         s.garbage = s.garbage.saturating_add(1);
-        if u32::from(s.garbage) > threshold {
+        if s.garbage > threshold {
             core.metrics().inc(Metric::CloseGarbage);
             core.close(
                 key,
@@ -696,7 +713,7 @@ fn deliver_all<H: Handler>(
     frame: &Bytes,
     exclude: Option<ConnKey>,
     skip_user: Option<u64>,
-) {
+) -> u64 {
     let mut keys = Vec::new();
     core.for_each_open(|k| keys.push(k));
     let mut n = 0u64;
@@ -714,6 +731,7 @@ fn deliver_all<H: Handler>(
         }
     }
     core.metrics().add(Metric::Deliveries, n);
+    n
 }
 
 pub(crate) fn broadcast_frame<H: Handler>(
@@ -733,7 +751,8 @@ pub(crate) fn broadcast_frame<H: Handler>(
             );
         }
     }
-    deliver_all(core, &frame, exclude, None);
+    let n = deliver_all(core, &frame, exclude, None);
+    core.metrics().add(Metric::MsgOutDataEvent, n);
 }
 
 /// Delivers `frame` to each listed user on its home shard: one message per remote shard.
@@ -911,8 +930,12 @@ fn handle_presence_update<H: Handler>(
     let Some(u) = st.users.get_mut(UserId(user)) else {
         return;
     };
-    u.status = status.into();
-    u.context = context;
+    if target.is_some() {
+        u.targeted = Some(Box::new((status.into(), context)));
+    } else {
+        u.status = status.into();
+        u.context = context;
+    }
     let due = u
         .last_presence_ms
         .map(|last| last.wrapping_add(min.as_millis() as u32));
@@ -953,7 +976,9 @@ fn flush_presence<H: Handler>(core: &mut Core<Gateway<H>>, st: &mut GatewayState
 }
 
 /// Emits the user's current presence: to `target` only, or to everyone; every shard's
-/// replica is updated either way.
+/// replica is updated either way. Announcements to everyone are batched per loop turn (see
+/// [`flush_presence_batch`]), so a connection storm costs one shared write per connection
+/// per turn, not one per event: without the batch, N users coming online cost N² pushes.
 fn announce_presence<H: Handler>(
     core: &mut Core<Gateway<H>>,
     st: &mut GatewayState<H>,
@@ -970,10 +995,14 @@ fn announce_presence<H: Handler>(
     if !automatic {
         u.last_presence_ms = Some(now_ms);
     }
+    let (status, context) = match (target, &u.targeted) {
+        (Some(_), Some(t)) => (t.0.clone(), t.1.clone()),
+        _ => (u.status.clone(), u.context.clone()),
+    };
     let record = PresenceRecord {
         username: u.name.clone(),
-        status: u.status.clone(),
-        context: u.context.clone(),
+        status,
+        context,
         since_ms: u.since_ms,
     };
     st.scratch.clear();
@@ -988,30 +1017,19 @@ fn announce_presence<H: Handler>(
             timestamp_ms: unix_ms(),
         },
     );
-    let frame = encode_shared_text(&st.scratch);
     core.metrics().inc(Metric::PresenceEvents);
-    let me = core.shard_id();
-    for shard in 0..core.shards() {
-        if shard != me {
-            let frame = if target.is_none() {
-                Some(frame.clone())
-            } else {
-                None
-            };
-            core.send_to_shard(
-                shard,
-                ShardMsg::Presence {
-                    user,
-                    record: Some(Box::new(record.clone())),
-                    frame,
-                },
-            );
-        }
-    }
-    st.book.upsert(user, record);
     match target {
-        None => deliver_all(core, &frame, None, Some(user)),
-        Some(t) => route_to_users(core, st, &[t], frame, None),
+        None => {
+            append_frame(&mut st.presence_frames, &st.scratch);
+            st.presence_updates
+                .push((user, Some(Box::new(record.clone()))));
+            st.book.upsert(user, record);
+        }
+        Some(t) => {
+            // Only the target hears it; the public (replicated) presence is unchanged.
+            let frame = encode_shared_text(&st.scratch);
+            route_to_users(core, st, &[t], frame, None);
+        }
     }
 }
 
@@ -1033,24 +1051,51 @@ fn announce_offline<H: Handler>(core: &mut Core<Gateway<H>>, st: &mut GatewaySta
             timestamp_ms: unix_ms(),
         },
     );
-    let frame = encode_shared_text(&st.scratch);
     core.metrics().inc(Metric::PresenceEvents);
+    append_frame(&mut st.presence_frames, &st.scratch);
+    st.presence_updates.push((user, None));
+    st.book.remove(user);
+    st.presence_due.retain(|(_, u)| *u != user);
+}
+
+/// Appends one server text frame (header + payload) to a batch of frames.
+fn append_frame(batch: &mut Vec<u8>, payload: &[u8]) {
+    let mut header = [0u8; 10];
+    let n = crate::proto::frame::encode_header(
+        true,
+        crate::proto::frame::OpCode::Text,
+        payload.len(),
+        &mut header,
+    );
+    batch.extend_from_slice(&header[..n]);
+    batch.extend_from_slice(payload);
+}
+
+/// Sends this turn's presence announcements: the concatenated frames are encoded once and
+/// shared by every connection on every shard; replicas get the ordered list of updates.
+fn flush_presence_batch<H: Handler>(core: &mut Core<Gateway<H>>, st: &mut GatewayState<H>) {
+    if st.presence_updates.is_empty() && st.presence_frames.is_empty() {
+        return;
+    }
+    let frames = (!st.presence_frames.is_empty())
+        .then(|| Bytes::from(std::mem::take(&mut st.presence_frames)));
+    let updates = std::mem::take(&mut st.presence_updates);
     let me = core.shard_id();
     for shard in 0..core.shards() {
         if shard != me {
             core.send_to_shard(
                 shard,
                 ShardMsg::Presence {
-                    user,
-                    record: None,
-                    frame: Some(frame.clone()),
+                    updates: updates.clone(),
+                    frames: frames.clone(),
                 },
             );
         }
     }
-    st.book.remove(user);
-    st.presence_due.retain(|(_, u)| *u != user);
-    deliver_all(core, &frame, None, Some(user));
+    if let Some(frames) = frames {
+        let n = deliver_all(core, &frames, None, None);
+        core.metrics().add(Metric::MsgOutPresence, n);
+    }
 }
 
 /// The built-in `generic_request` actions. Returns false for unknown actions.

@@ -18,6 +18,9 @@ pub fn home_shard(user: u64, shards: usize) -> usize {
     (user % shards as u64) as usize
 }
 
+/// A status and its raw JSON context.
+pub type TargetedPresence = (Box<str>, Option<Box<[u8]>>);
+
 /// A user with at least one open connection on this (its home) shard.
 pub struct LocalUser {
     /// Oldest first; the oldest is replaced when the per-user limit is reached.
@@ -28,6 +31,9 @@ pub struct LocalUser {
     /// Latest presence status and context (raw JSON) the user reported.
     pub status: Box<str>,
     pub context: Option<Box<[u8]>>,
+    /// Latest status and context sent to one user only (`targetUserId`): delivered to that
+    /// user, never recorded as the public presence (get_presence must not leak it).
+    pub targeted: Option<Box<TargetedPresence>>,
     /// Unix ms when the user came online.
     pub since_ms: u64,
     /// When the last presence event was emitted (coalescing), ms since the shard epoch.

@@ -45,6 +45,7 @@ pub trait App: Sized + 'static {
 
     /// A complete binary message. The gateway refuses these (close 1003).
     fn on_binary(&mut self, core: &mut Core<Self>, key: ConnKey, _payload: &mut [u8]) {
+        core.metrics().inc(crate::metrics::Metric::CloseUnsupported);
         core.close(
             key,
             crate::proto::close::CloseCode::UNSUPPORTED_DATA,
@@ -64,6 +65,12 @@ pub trait App: Sized + 'static {
     /// Called once per loop turn after input and timers were handled, before the flush
     /// (batch work here: presence coalescing, cross-shard batches).
     fn on_turn_end(&mut self, _core: &mut Core<Self>) {}
+
+    /// Whether the app has batched work that must run soon (the loop then polls with a
+    /// zero timeout instead of sleeping until the next timer).
+    fn wants_turn(&self) -> bool {
+        false
+    }
 
     /// Whether an upgrade is accepted on any path (echo mode) rather than only `/ws`.
     fn upgrade_on_any_path(&self) -> bool {

@@ -233,7 +233,7 @@ impl<A: App> Core<A> {
         let Some(c) = self.conn_mut(key) else {
             return false;
         };
-        if c.phase != Phase::Open {
+        if c.phase != Phase::Open || c.has(flag::DOOMED) {
             return false;
         }
         c.out.push_frame(&header[..n], payload);
@@ -245,7 +245,7 @@ impl<A: App> Core<A> {
         let Some(c) = self.conn_mut(key) else {
             return false;
         };
-        if c.phase != Phase::Open {
+        if c.phase != Phase::Open || c.has(flag::DOOMED) {
             return false;
         }
         c.out.push_shared(frame.clone());
@@ -492,7 +492,8 @@ impl<A: App> Shard<A> {
             // 1. poll
             let busy = self.accept_pending
                 || !self.core.read_pending.is_empty()
-                || !self.core.backlog.is_empty();
+                || !self.core.backlog.is_empty()
+                || self.app.wants_turn();
             let timeout = if busy {
                 Some(Duration::ZERO)
             } else {
@@ -581,6 +582,13 @@ impl<A: App> Shard<A> {
             self.flush_dirty();
             self.reap();
             self.core.links.flush_wakeups();
+            for to in 0..self.core.shards {
+                if to != self.core.shard_id {
+                    self.core
+                        .metrics
+                        .set_queue_depth(to, self.core.links.depth(to));
+                }
+            }
             self.core
                 .metrics
                 .set(Metric::Connections, self.core.open as u64);

@@ -222,6 +222,32 @@ impl User {
         }
     }
 
+    /// Next presence event about `user` (skipping other messages and other users' presence).
+    pub fn recv_presence_of(&mut self, user: u64) -> serde_json::Value {
+        loop {
+            let v = self.recv_type("presence_event");
+            if v["payload"]["userId"] == user {
+                return v;
+            }
+        }
+    }
+
+    /// Reads and discards whatever arrives within `wait`.
+    pub fn drain(&mut self, wait: Duration) {
+        self.ws
+            .get_ref()
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let until = Instant::now() + wait;
+        while Instant::now() < until {
+            let _ = self.ws.read();
+        }
+        self.ws
+            .get_ref()
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+    }
+
     /// Asserts nothing arrives within `wait` (other than pings).
     pub fn expect_silence(&mut self, wait: Duration) {
         let s = self.ws.get_ref();

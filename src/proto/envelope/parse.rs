@@ -104,10 +104,13 @@ impl EnvelopeParser {
     /// # Errors
     /// Any broken rule of spec §4, with `original_pid` filled whenever it was readable.
     pub fn parse<'a>(&mut self, buf: &'a mut [u8]) -> Result<ClientEnvelope<'a>, EnvelopeError> {
-        let raw_pid = prescan(buf, &self.limits)
+        let Prescan {
+            pid: raw_pid,
+            duplicate_key,
+        } = prescan(buf, &self.limits)
             .map_err(|pid| EnvelopeError::new(EnvelopeRule::TooDeep, pid.as_deref()))?;
         match simd_json::to_borrowed_value_with_buffers(buf, &mut self.buffers) {
-            Ok(value) => validate(value, &self.limits),
+            Ok(value) => validate(value, &self.limits, duplicate_key),
             Err(_) => Err(EnvelopeError::new(
                 EnvelopeRule::MalformedJson,
                 raw_pid.and_then(|raw| raw.decode()).as_deref(),
@@ -154,17 +157,33 @@ impl RawPid {
     }
 }
 
+/// What the pre-scan learned about a message that is not too deep.
+#[derive(Debug)]
+struct Prescan {
+    /// The raw top-level `pid`, for error answers.
+    pid: Option<RawPid>,
+    /// A top-level envelope key (`type`, `pid`, `targetUserId`, `payload`) appears twice.
+    /// simd-json keeps repeated keys only in objects of up to 32 keys (larger objects are
+    /// hash-backed and keep the last value), so `validate` cannot see every repeat itself
+    /// (found by the `envelope` fuzz target).
+    duplicate_key: bool,
+}
+
 /// One byte pass over the message, before simd-json: refuses nesting deeper than
-/// `max_depth` (so no later stage can recurse deeply) and copies out the top-level `pid`
-/// string for error answers. It tracks only string boundaries and brackets, so on
-/// malformed input the pid is best effort. Returns `Err(pid so far)` when too deep.
-fn prescan(buf: &[u8], limits: &EnvelopeLimits) -> Result<Option<RawPid>, Option<String>> {
-    match scan_spans(buf, limits.max_depth) {
-        (span, false) => Ok(span.and_then(|s| raw_pid(buf, s, limits))),
-        (span, true) => Err(span
-            .and_then(|s| raw_pid(buf, s, limits))
-            .and_then(RawPid::decode)),
+/// `max_depth` (so no later stage can recurse deeply), copies out the top-level `pid`
+/// string for error answers and notes repeated top-level envelope keys. It tracks only
+/// string boundaries and brackets, so on malformed input both are best effort (simd-json
+/// then refuses the text anyway). Returns `Err(pid so far)` when too deep.
+fn prescan(buf: &[u8], limits: &EnvelopeLimits) -> Result<Prescan, Option<String>> {
+    let scan = scan_spans(buf, limits.max_depth);
+    let pid = scan.pid.and_then(|s| raw_pid(buf, s, limits));
+    if scan.too_deep {
+        return Err(pid.and_then(RawPid::decode));
     }
+    Ok(Prescan {
+        pid,
+        duplicate_key: scan.duplicate_key,
+    })
 }
 
 /// Copies the pid span out, if it can be a valid pid at all.
@@ -186,9 +205,44 @@ fn raw_pid(
     })
 }
 
-/// The scanning loop of [`prescan`]: the first top-level pid string's content span and
-/// escape flag, and whether nesting went past `max_depth` (scanning stops there).
-fn scan_spans(buf: &[u8], max_depth: usize) -> (Option<(usize, usize, bool)>, bool) {
+/// What [`scan_spans`] found.
+struct Spans {
+    /// The first top-level pid string's content span and escape flag.
+    pid: Option<(usize, usize, bool)>,
+    /// Nesting went past `max_depth` (scanning stopped there).
+    too_deep: bool,
+    /// A top-level envelope key was seen twice.
+    duplicate_key: bool,
+}
+
+/// Which envelope key (as a bit) a top-level key's raw content is; 0 for any other key.
+/// Escaped keys (`"p\u0069d"`, rare) are decoded first so they cannot hide a repeat.
+fn envelope_key_bit(raw: &[u8], escaped: bool) -> u8 {
+    let bit = |k: &[u8]| match k {
+        b"type" => 1,
+        b"pid" => 2,
+        b"targetUserId" => 4,
+        b"payload" => 8,
+        _ => 0,
+    };
+    if !escaped {
+        return bit(raw);
+    }
+    // Only keys short enough to be an envelope key once decoded (`\uXXXX` is 6 bytes).
+    if raw.len() > 6 * "targetUserId".len() {
+        return 0;
+    }
+    let mut quoted = Vec::with_capacity(raw.len() + 2);
+    quoted.push(b'"');
+    quoted.extend_from_slice(raw);
+    quoted.push(b'"');
+    serde_json::from_slice::<String>(&quoted).map_or(0, |k| bit(k.as_bytes()))
+}
+
+/// The scanning loop of [`prescan`].
+fn scan_spans(buf: &[u8], max_depth: usize) -> Spans {
+    let mut seen_keys = 0u8;
+    let mut duplicate_key = false;
     let mut depth = 0usize;
     let mut expect_key = false;
     let mut after_pid_key = false;
@@ -202,7 +256,11 @@ fn scan_spans(buf: &[u8], max_depth: usize) -> (Option<(usize, usize, bool)>, bo
                 let (end, escaped) = string_end(buf, start);
                 if depth == 1 {
                     if expect_key {
-                        after_pid_key = !escaped && buf.get(start..end) == Some(b"pid");
+                        let raw = buf.get(start..end).unwrap_or_default();
+                        after_pid_key = !escaped && raw == b"pid";
+                        let key = envelope_key_bit(raw, escaped);
+                        duplicate_key |= seen_keys & key != 0;
+                        seen_keys |= key;
                         expect_key = false;
                     } else if want_pid_value {
                         want_pid_value = false;
@@ -217,7 +275,11 @@ fn scan_spans(buf: &[u8], max_depth: usize) -> (Option<(usize, usize, bool)>, bo
             b'{' | b'[' => {
                 depth += 1;
                 if depth > max_depth {
-                    return (pid, true);
+                    return Spans {
+                        pid,
+                        too_deep: true,
+                        duplicate_key,
+                    };
                 }
                 expect_key = depth == 1 && b == b'{';
             }
@@ -235,7 +297,11 @@ fn scan_spans(buf: &[u8], max_depth: usize) -> (Option<(usize, usize, bool)>, bo
         }
         i += 1;
     }
-    (pid, false)
+    Spans {
+        pid,
+        too_deep: false,
+        duplicate_key,
+    }
 }
 
 /// Index of the closing quote of the string whose content starts at `start` (or
@@ -294,6 +360,7 @@ fn find_quote_or_backslash(hay: &[u8]) -> Option<usize> {
 fn validate<'a>(
     value: BorrowedValue<'a>,
     limits: &EnvelopeLimits,
+    duplicate_key: bool,
 ) -> Result<ClientEnvelope<'a>, EnvelopeError> {
     let BorrowedValue::Object(object) = value else {
         return Err(EnvelopeError::new(EnvelopeRule::NotAnObject, None));
@@ -302,7 +369,7 @@ fn validate<'a>(
     let mut pid = None;
     let mut target = None;
     let mut payload = None;
-    let mut duplicate = false;
+    let mut duplicate = duplicate_key;
     for (key, v) in *object {
         let slot = match key.as_ref() {
             "type" => &mut kind,
