@@ -38,7 +38,7 @@ use thiserror::Error;
 use crate::proto::close::CloseCode;
 use crate::proto::frame::{parse_header, OpCode};
 use crate::proto::mask::apply_mask;
-use crate::proto::utf8::Utf8Validator;
+use crate::proto::utf8::{is_valid_utf8, Utf8Validator};
 
 /// Upper bound on the assembly buffer reserved up front for one frame: a peer declaring a
 /// large length gets memory as its bytes actually arrive, not on its word.
@@ -325,8 +325,9 @@ impl Decoder {
                 apply_mask(payload, mask, 0);
                 let message = match kind {
                     DataKind::Text => {
-                        simdutf8::basic::from_utf8(payload)
-                            .map_err(|_| ProtocolError::InvalidUtf8)?;
+                        if !is_valid_utf8(payload) {
+                            return Err(ProtocolError::InvalidUtf8);
+                        }
                         Message::Text(payload)
                     }
                     DataKind::Binary => Message::Binary(payload),

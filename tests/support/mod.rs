@@ -28,16 +28,25 @@ pub fn raw_exchange(addr: SocketAddr, request: &[u8], timeout: Duration) -> Vec<
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(timeout)).unwrap();
     s.write_all(request).unwrap();
-    read_to_close(&mut s, timeout)
+    read_until(&mut s, timeout, true)
 }
 
+/// Reads until the server closes the connection (or `timeout`).
 pub fn read_to_close(s: &mut TcpStream, timeout: Duration) -> Vec<u8> {
+    read_until(s, timeout, false)
+}
+
+/// Reads until EOF, the timeout, or (with `stop_after_101`) the end of a 101 response head.
+fn read_until(s: &mut TcpStream, timeout: Duration, stop_after_101: bool) -> Vec<u8> {
     let deadline = Instant::now() + timeout;
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     while Instant::now() < deadline {
         // A 101 answer is complete at the end of its head (the socket stays open).
-        if out.starts_with(b"HTTP/1.1 101") && out.windows(4).any(|w| w == b"\r\n\r\n") {
+        if stop_after_101
+            && out.starts_with(b"HTTP/1.1 101")
+            && out.windows(4).any(|w| w == b"\r\n\r\n")
+        {
             break;
         }
         match s.read(&mut buf) {
