@@ -126,7 +126,7 @@ where
             }
         })
     };
-    let server = wait_for_exit(server);
+    let server = server.wait();
     handle.close();
     let _ = watcher.join();
     match server {
@@ -139,11 +139,6 @@ where
             ExitCode::from(1)
         }
     }
-}
-
-/// Joins the shards once the last other reference to the server is gone.
-fn wait_for_exit(server: std::sync::Arc<Server>) -> std::io::Result<()> {
-    server.wait()
 }
 
 fn print_dev_banner(secret: &[u8], addr: std::net::SocketAddr) {

@@ -188,18 +188,10 @@ impl<H: Handler> Ctx<'_, H> {
         out.extend_from_slice(br#","payload":"#);
         out.extend_from_slice(payload_json);
         out.push(b'}');
-        let sent = self.core.send_text(conn, &out);
+        self.core.send_text(conn, &out);
         self.state.scratch = out;
         let pending = super::Pending::Ack(callback);
-        super::register_pending(
-            self.core,
-            self.state,
-            conn,
-            pid.as_str(),
-            timeout,
-            pending,
-            sent,
-        );
+        super::register_pending(self.core, self.state, conn, pid.as_str(), timeout, pending);
     }
 
     /// Sends a server-initiated `generic_request` and runs `callback` with the client's
@@ -224,15 +216,7 @@ impl<H: Handler> Ctx<'_, H> {
         }
         self.state.scratch = out;
         let pending = super::Pending::Response(callback);
-        super::register_pending(
-            self.core,
-            self.state,
-            conn,
-            pid.as_str(),
-            timeout,
-            pending,
-            sent,
-        );
+        super::register_pending(self.core, self.state, conn, pid.as_str(), timeout, pending);
     }
 
     /// Closes the connection with a close code and reason.

@@ -543,7 +543,7 @@ impl<H: Handler> App for Gateway<H> {
                 );
             }
             ShardMsg::Broadcast { frame } => {
-                let n = deliver_all(core, &frame, None, None);
+                let n = deliver_all(core, &frame, None);
                 core.metrics().add(Metric::MsgOutDataEvent, n);
             }
             ShardMsg::Multicast { users, frame } => {
@@ -559,7 +559,7 @@ impl<H: Handler> App for Gateway<H> {
                     }
                 }
                 if let Some(frames) = frames {
-                    let n = deliver_all(core, &frames, None, None);
+                    let n = deliver_all(core, &frames, None);
                     core.metrics().add(Metric::MsgOutPresence, n);
                 }
             }
@@ -694,9 +694,8 @@ fn deliver_local<H: Handler>(
     frame: &Bytes,
     exclude: Option<ConnKey>,
 ) -> usize {
-    let conns: SmallVec<[ConnKey; 4]> = SmallVec::from_slice(st.users.conns(user));
     let mut n = 0;
-    for k in conns {
+    for &k in st.users.conns(user) {
         if Some(k) != exclude && core.send_shared(k, frame) {
             n += 1;
         }
@@ -706,27 +705,17 @@ fn deliver_local<H: Handler>(
     n
 }
 
-/// Queues `frame` on every open connection of this shard except `exclude` and the
-/// connections of `skip_user`.
+/// Queues `frame` on every open connection of this shard except `exclude`.
 fn deliver_all<H: Handler>(
     core: &mut Core<Gateway<H>>,
     frame: &Bytes,
     exclude: Option<ConnKey>,
-    skip_user: Option<u64>,
 ) -> u64 {
     let mut keys = Vec::new();
     core.for_each_open(|k| keys.push(k));
     let mut n = 0u64;
     for k in keys {
-        if Some(k) == exclude {
-            continue;
-        }
-        if let Some(u) = skip_user {
-            if core.session(k).is_some_and(|s| s.user == u) {
-                continue;
-            }
-        }
-        if core.send_shared(k, frame) {
+        if Some(k) != exclude && core.send_shared(k, frame) {
             n += 1;
         }
     }
@@ -751,7 +740,7 @@ pub(crate) fn broadcast_frame<H: Handler>(
             );
         }
     }
-    let n = deliver_all(core, &frame, exclude, None);
+    let n = deliver_all(core, &frame, exclude);
     core.metrics().add(Metric::MsgOutDataEvent, n);
 }
 
@@ -796,10 +785,6 @@ fn handle_data_request<H: Handler>(
 ) {
     let cfg = core.config();
     let is_notification = msg.resource() == Some("notification");
-    let (sender_name, roles) = match st.users.get(UserId(user)) {
-        Some(u) => (u.name.clone(), u.roles.clone()),
-        None => (Box::from(""), Vec::new()),
-    };
     let mut targets = std::mem::take(&mut st.targets);
     let multicast = if is_notification {
         match msg.target_users(cfg.max_notification_targets, &mut targets) {
@@ -818,7 +803,8 @@ fn handle_data_request<H: Handler>(
     } else {
         &cfg.broadcast_roles
     };
-    if !roles_allow(required, &roles) {
+    let roles = st.users.get(UserId(user)).map_or(&[][..], |u| &u.roles[..]);
+    if !roles_allow(required, roles) {
         st.targets = targets;
         send_error(
             core,
@@ -833,11 +819,12 @@ fn handle_data_request<H: Handler>(
     // Serialize the event once: {"type":"data_event","fromUserId":..,"payload":{..server fields}}
     let message_id = st.ids.next_id();
     st.scratch.clear();
+    let sender_name = st.users.get(UserId(user)).map_or("", |u| &*u.name);
     if envelope::write_data_event(
         &mut st.scratch,
         user,
         &msg.payload,
-        &sender_name,
+        sender_name,
         unix_ms(),
         message_id.as_str(),
     )
@@ -1093,7 +1080,7 @@ fn flush_presence_batch<H: Handler>(core: &mut Core<Gateway<H>>, st: &mut Gatewa
         }
     }
     if let Some(frames) = frames {
-        let n = deliver_all(core, &frames, None, None);
+        let n = deliver_all(core, &frames, None);
         core.metrics().add(Metric::MsgOutPresence, n);
     }
 }
@@ -1221,7 +1208,6 @@ pub(crate) fn register_pending<H: Handler>(
     pid: &str,
     timeout: Duration,
     what: Pending<H>,
-    _sent: bool,
 ) {
     st.pending_generation = st.pending_generation.wrapping_add(1).max(1);
     let generation = st.pending_generation;
