@@ -301,6 +301,7 @@ const LIMITS: &str = "Limits";
 const TIMERS: &str = "Timers";
 const POLICY: &str = "Policy";
 const OPS: &str = "Operations";
+const CLUSTER: &str = "Cluster";
 
 macro_rules! settings {
     ($( $key:ident $flag:literal $env:literal $value_name:literal $kind:ident
@@ -398,6 +399,14 @@ settings! {
         "Log level or filter (e.g. info,customws=debug)";
     dev "dev" "CUSTOMWS_DEV" "" Switch false "off" OPS
         "Development mode: ephemeral secret, all origins, prints tokens";
+    cluster_redis "cluster-redis" "CUSTOMWS_CLUSTER_REDIS" "URL" One false "off: single node"
+        CLUSTER
+        "Cluster mode through Redis >= 7: redis://[user:password@]host[:port][/db]";
+    node_id "node-id" "CUSTOMWS_NODE_ID" "ID" One false "<hostname>-<random>" CLUSTER
+        "This node's name in the cluster (unique per running node)";
+    presence_heartbeat "presence-heartbeat" "CUSTOMWS_PRESENCE_HEARTBEAT" "D" One false "1s"
+        CLUSTER
+        "Presence heartbeat; a node silent for 3 heartbeats is declared dead";
 }
 
 /// The settings that together name the JWT key (one precedence slot, see the module docs).
@@ -864,6 +873,7 @@ fn build_serve(
     config.dev = merged.switch("dev")?;
     apply_runtime(&merged, &mut config)?;
     apply_policy(&merged, &mut config)?;
+    apply_cluster(&merged, &mut config, &mut warnings)?;
     if config.outbound_queue_limit < config.max_message_size {
         warnings.push(format!(
             "{} ({}) is below {} ({}): a single full-size message marks its receiver a slow consumer",
@@ -992,6 +1002,40 @@ fn apply_policy(m: &Merged, c: &mut Config) -> Result<(), CliError> {
     if let Some(entry) = m.get("broadcast_roles") {
         c.broadcast_roles = entry.items(parse_role)?;
     }
+    Ok(())
+}
+
+/// `--cluster-redis` turns cluster mode on; `--node-id` and `--presence-heartbeat` only
+/// matter with it.
+fn apply_cluster(m: &Merged, c: &mut Config, warnings: &mut Vec<String>) -> Result<(), CliError> {
+    let mut heartbeat = Duration::from_secs(1);
+    m.set(
+        "presence_heartbeat",
+        &mut heartbeat,
+        value::parse_nonzero_duration,
+    )?;
+    let mut node_id = None;
+    m.set("node_id", &mut node_id, |t| {
+        value::parse_node_id(t).map(Some)
+    })?;
+    let Some(entry) = m.get("cluster_redis") else {
+        for key in ["node_id", "presence_heartbeat"] {
+            if m.get(key).is_some() {
+                warnings.push(format!(
+                    "{} has no effect without {}",
+                    m.name(key),
+                    m.name("cluster_redis")
+                ));
+            }
+        }
+        return Ok(());
+    };
+    let redis = entry.parse(value::parse_redis_url)?;
+    c.cluster = Some(crate::config::ClusterConfig {
+        redis,
+        node_id: node_id.unwrap_or_else(crate::cluster::bridge::generated_node_id),
+        heartbeat,
+    });
     Ok(())
 }
 

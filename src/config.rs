@@ -50,6 +50,42 @@ pub struct AuthConfig {
     pub allowed_origins: Vec<String>,
 }
 
+/// Where the cluster's Redis is (`redis://[user:password@]host[:port][/db]`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisEndpoint {
+    pub host: String,
+    pub port: u16,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub db: u32,
+}
+
+/// Never prints the password.
+impl std::fmt::Debug for RedisEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "redis://")?;
+        if let Some(u) = &self.username {
+            write!(f, "{u}")?;
+        }
+        if self.password.is_some() {
+            write!(f, ":<redacted>@")?;
+        } else if self.username.is_some() {
+            write!(f, "@")?;
+        }
+        write!(f, "{}:{}/{}", self.host, self.port, self.db)
+    }
+}
+
+/// Cluster mode (`--cluster-redis`): nodes share P2P, broadcast and presence through Redis.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub redis: RedisEndpoint,
+    /// This node's name in the cluster (default: `<hostname>-<random>`).
+    pub node_id: String,
+    /// Presence heartbeat; a node silent for three of them is declared dead. Default 1 s.
+    pub heartbeat: Duration,
+}
+
 /// Everything the shard runtime needs. Defaults follow spec section 6/7.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -105,6 +141,8 @@ pub struct Config {
     pub log_level: String,
     /// `--dev`: ephemeral secret, all origins, prints tokens.
     pub dev: bool,
+    /// `None`: a single node, no Redis.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Config {
@@ -158,6 +196,7 @@ impl Config {
             drain_timeout: Duration::from_secs(10),
             log_level: "info".into(),
             dev: false,
+            cluster: None,
         }
     }
 }

@@ -4,8 +4,8 @@
 use std::process::ExitCode;
 
 use customws::cli::{self, Command};
-use customws::config::{Config, JwtKey};
-use customws::{admin, auth, echo::Echo, gateway, Server};
+use customws::config::JwtKey;
+use customws::{admin, auth, cluster, echo::Echo, gateway, Server};
 
 fn main() -> ExitCode {
     let command = match cli::parse(std::env::args_os(), &cli::process_env) {
@@ -29,7 +29,12 @@ fn main() -> ExitCode {
         }
         Command::Echo(config) => {
             init_logging(&config.log_level);
-            run(config, |_| Echo, |_| {})
+            let admin = config.admin_listen;
+            run(
+                admin,
+                || Ok((Server::start(config, |_| Echo)?, None)),
+                |_| {},
+            )
         }
         Command::Serve { config, warnings } => {
             init_logging(&config.log_level);
@@ -47,9 +52,13 @@ fn main() -> ExitCode {
                 (true, Some(JwtKey::Hmac(secret))) => Some(secret.clone()),
                 _ => None,
             };
+            if let Some(c) = &config.cluster {
+                tracing::info!(node = %c.node_id, redis = ?c.redis, "cluster mode");
+            }
+            let admin = config.admin_listen;
             run(
-                config,
-                move |shard| app.build::<gateway::BuiltIn>(shard),
+                admin,
+                move || cluster::start_gateway::<gateway::BuiltIn, _>(config, app),
                 move |addr| {
                     if let Some(secret) = &dev_secret {
                         print_dev_banner(secret, addr);
@@ -74,14 +83,14 @@ fn init_logging(level: &str) {
         .try_init();
 }
 
-fn run<A, F>(config: Config, make_app: F, on_ready: impl FnOnce(std::net::SocketAddr)) -> ExitCode
-where
-    A: customws::shard::App,
-    F: Fn(usize) -> A + Send + Sync + 'static,
-{
-    let admin_addr = config.admin_listen;
-    let shards = config.shards.get();
-    let server = match Server::start(config, make_app) {
+/// Starts the server (and the cluster bridge), the admin listener and the signal watcher;
+/// returns when the server stopped.
+fn run(
+    admin_addr: Option<std::net::SocketAddr>,
+    start: impl FnOnce() -> std::io::Result<(Server, Option<cluster::Bridge>)>,
+    on_ready: impl FnOnce(std::net::SocketAddr),
+) -> ExitCode {
+    let (server, bridge) = match start() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: cannot start: {e}");
@@ -89,7 +98,12 @@ where
         }
     };
     if let Some(addr) = admin_addr {
-        match admin::spawn(addr, server.metrics_handles()) {
+        let sources = admin::Sources {
+            shards: server.metrics_handles(),
+            shared: Some(server.shared()),
+            cluster: bridge.as_ref().map(cluster::Bridge::metrics),
+        };
+        match admin::spawn_with(addr, sources) {
             Ok(bound) => tracing::info!(%bound, "admin listener (GET /metrics)"),
             Err(e) => {
                 eprintln!("error: cannot bind the admin listener {addr}: {e}");
@@ -97,6 +111,7 @@ where
             }
         }
     }
+    let shards = server.metrics_handles().len();
     tracing::info!(addr = %server.local_addr(), shards, "listening");
     on_ready(server.local_addr());
     // SIGTERM/SIGINT start a drain; a second signal stops at once.
@@ -127,6 +142,9 @@ where
         })
     };
     let server = server.wait();
+    if let Some(bridge) = bridge {
+        bridge.shutdown();
+    }
     handle.close();
     let _ = watcher.join();
     match server {

@@ -10,7 +10,7 @@ use mio::{Poll, Waker};
 
 use crate::config::Config;
 use crate::metrics::{self, ShardMetrics};
-use crate::queue;
+use crate::queue::{self, ShardLinks};
 use crate::shard::{self, listener, App, Shard, ShardParts, Shared};
 
 /// A running server. Dropping it stops the shards (immediately); call [`Server::drain`]
@@ -31,6 +31,21 @@ impl Server {
         A: App,
         F: Fn(usize) -> A + Send + Sync + 'static,
     {
+        Self::start_with_peers(config, make_app, Vec::new()).map(|(server, _)| server)
+    }
+
+    /// Like [`Server::start`], with extra endpoints in the queue mesh for threads that are not
+    /// shards (the cluster bridge). `peer_wakers[i]` must be registered on that thread's own
+    /// `Poll`; its [`ShardLinks`] is returned, and shards reach it as shard `shards + i`.
+    pub fn start_with_peers<A, F>(
+        config: Config,
+        make_app: F,
+        peer_wakers: Vec<Arc<Waker>>,
+    ) -> io::Result<(Server, Vec<ShardLinks<shard::Cross<A>>>)>
+    where
+        A: App,
+        F: Fn(usize) -> A + Send + Sync + 'static,
+    {
         let shards = config.shards.get();
         let config = Arc::new(config);
         let (local_addr, listeners) = listener::bind_all(config.listen, shards)?;
@@ -41,11 +56,15 @@ impl Server {
             wakers.push(shard::new_waker(&poll)?);
             polls.push(poll);
         }
-        let links = queue::mesh::<shard::Cross<A>>(
-            shards,
+        let peers = peer_wakers.len();
+        let mut mesh_wakers = wakers.clone();
+        mesh_wakers.extend(peer_wakers);
+        let mut links = queue::mesh::<shard::Cross<A>>(
+            shards + peers,
             config.cross_shard_queue_capacity,
-            wakers.clone(),
+            mesh_wakers,
         );
+        let peer_links = links.split_off(shards);
         let shared = Arc::new(Shared::default());
         let metrics: Vec<Arc<ShardMetrics>> = (0..shards)
             .map(|_| Arc::new(ShardMetrics::new(shards)))
@@ -75,13 +94,19 @@ impl Server {
                 })?;
             threads.push(handle);
         }
-        Ok(Server {
+        let server = Server {
             local_addr,
             shared,
             wakers,
             metrics,
             threads: Mutex::new(threads),
-        })
+        };
+        Ok((server, peer_links))
+    }
+
+    /// State shared with the shards (drain and health flags).
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
     }
 
     /// The bound address (with the kernel's port when `listen` had port 0).

@@ -41,6 +41,75 @@ pub enum ValueError {
     Algorithm,
     #[error("must not be empty")]
     Empty,
+    #[error("expected redis://[user:password@]host[:port][/db]")]
+    RedisUrl,
+    #[error("expected 1 to 64 characters from A-Z a-z 0-9 . _ -")]
+    NodeId,
+}
+
+/// Parses `redis://[user:password@]host[:port][/db]` (port 6379, db 0 by default; IPv6
+/// hosts in brackets).
+pub fn parse_redis_url(text: &str) -> Result<crate::config::RedisEndpoint, ValueError> {
+    let rest = text
+        .trim()
+        .strip_prefix("redis://")
+        .ok_or(ValueError::RedisUrl)?;
+    let (authority, db) = match rest.split_once('/') {
+        Some((a, "")) => (a, 0),
+        Some((a, db)) => (a, db.parse::<u32>().map_err(|_| ValueError::RedisUrl)?),
+        None => (rest, 0),
+    };
+    let (userinfo, hostport) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, authority),
+    };
+    let (username, password) = match userinfo {
+        None => (None, None),
+        Some(u) => match u.split_once(':') {
+            Some(("", p)) => (None, Some(p.to_string())),
+            Some((user, p)) => (Some(user.to_string()), Some(p.to_string())),
+            None => (None, Some(u.to_string())),
+        },
+    };
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        let (host, after) = v6.split_once(']').ok_or(ValueError::RedisUrl)?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().map_err(|_| ValueError::RedisUrl)?,
+            None if after.is_empty() => 6379,
+            None => return Err(ValueError::RedisUrl),
+        };
+        (host.to_string(), port)
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), p.parse().map_err(|_| ValueError::RedisUrl)?),
+            None => (hostport.to_string(), 6379),
+        }
+    };
+    if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/') {
+        return Err(ValueError::RedisUrl);
+    }
+    Ok(crate::config::RedisEndpoint {
+        host,
+        port,
+        username,
+        password,
+        db,
+    })
+}
+
+/// Node ids travel in every cluster message and name a Redis key: short and plain.
+pub fn parse_node_id(text: &str) -> Result<String, ValueError> {
+    let text = text.trim();
+    let ok = !text.is_empty()
+        && text.len() <= 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(text.to_string())
+    } else {
+        Err(ValueError::NodeId)
+    }
 }
 
 /// Parses a duration: digits followed by `ms`, `s`, `m` or `h` (`250ms`, `30s`, `5m`, `1h`).
@@ -233,6 +302,39 @@ pub fn parse_algorithm(text: &str) -> Result<PublicKeyAlgorithm, ValueError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redis_urls() {
+        let e = parse_redis_url("redis://127.0.0.1:7001").unwrap();
+        assert_eq!((e.host.as_str(), e.port, e.db), ("127.0.0.1", 7001, 0));
+        assert_eq!(e.password, None);
+        let e = parse_redis_url("redis://app:s3:cr@t@redis.internal/2").unwrap();
+        assert_eq!(e.username.as_deref(), Some("app"));
+        assert_eq!(e.password.as_deref(), Some("s3:cr@t"));
+        assert_eq!((e.host.as_str(), e.port, e.db), ("redis.internal", 6379, 2));
+        let e = parse_redis_url("redis://:pw@[::1]:6380/").unwrap();
+        assert_eq!((e.host.as_str(), e.port), ("::1", 6380));
+        assert_eq!((e.username, e.password.as_deref()), (None, Some("pw")));
+        assert!(!format!("{:?}", parse_redis_url("redis://:pw@h").unwrap()).contains("pw"));
+        for bad in [
+            "",
+            "http://h",
+            "redis://",
+            "redis://h:port",
+            "redis://h/x",
+            "redis://[::1",
+        ] {
+            assert_eq!(parse_redis_url(bad), Err(ValueError::RedisUrl), "{bad}");
+        }
+    }
+
+    #[test]
+    fn node_ids() {
+        assert_eq!(parse_node_id(" node-1.eu_west ").unwrap(), "node-1.eu_west");
+        for bad in ["", "a b", "é", &"x".repeat(65)] {
+            assert_eq!(parse_node_id(bad), Err(ValueError::NodeId), "{bad}");
+        }
+    }
 
     #[test]
     fn durations_take_each_unit() {

@@ -143,10 +143,12 @@ impl<H: Handler> Ctx<'_, H> {
         super::route_to_users(self.core, self.state, &ids, frame, None);
     }
 
-    /// Sends a JSON envelope to every open connection except `exclude` (encoded once).
-    pub fn broadcast(&mut self, json: &[u8], exclude: Option<ConnKey>) {
+    /// Sends a JSON envelope to every open connection except `exclude` (encoded once), on
+    /// every node in cluster mode. Returns false when the cluster link is down and only this
+    /// node's connections got it.
+    pub fn broadcast(&mut self, json: &[u8], exclude: Option<ConnKey>) -> bool {
         let frame = crate::shard::encode_shared_text(json);
-        super::broadcast_frame(self.core, self.state, frame, exclude);
+        super::broadcast_frame(self.core, self.state, frame, exclude)
     }
 
     /// `server_ack` "delivered" for `pid`.

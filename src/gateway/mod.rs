@@ -24,6 +24,8 @@ use slab::Slab;
 use smallvec::SmallVec;
 
 use crate::auth::{self, OriginPolicy, UserId, Verifier};
+use crate::cluster::wire::{Change, Record};
+use crate::cluster::ClusterLink;
 use crate::config::Config;
 use crate::metrics::Metric;
 use crate::proto::close::CloseCode;
@@ -91,12 +93,46 @@ pub enum ShardMsg {
         updates: Vec<(u64, Option<Box<PresenceRecord>>)>,
         frames: Option<Bytes>,
     },
+    /// The P2P target is on another node and the cluster link is down: 503.
+    Unavailable {
+        conn: ConnKey,
+        pid: Option<Box<str>>,
+    },
+    /// To the cluster bridge: publish `frame` on `to`'s channel, then answer `reply`.
+    ClusterPublish {
+        to: u64,
+        frame: Bytes,
+        reply: Option<Reply>,
+    },
+    /// To the cluster bridge: a broadcast that started on this node.
+    ClusterBroadcast { frame: Bytes },
+    /// To the cluster bridge: presence changes of users homed on the sending shard.
+    ClusterPresence { changes: Vec<(u64, Change)> },
+    /// From the bridge: a frame from another node for `to`'s connections here.
+    FromCluster { to: u64, frame: Bytes },
+    /// From the bridge: presence changes of users on other nodes `(user, node, change)`.
+    RemotePresence { changes: Vec<(u64, u32, Change)> },
 }
 
-/// Where a P2P answer goes.
+/// Where a P2P answer goes: the sender's connection on its shard.
 pub struct Reply {
-    conn: ConnKey,
-    pid: Option<Box<str>>,
+    pub shard: usize,
+    pub conn: ConnKey,
+    pub pid: Option<Box<str>>,
+}
+
+/// How a delivery with a [`Reply`] ended.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Outcome {
+    Delivered,
+    Offline,
+    Unavailable,
+}
+
+/// Other nodes holding a user (cluster mode), with the user's latest record from them.
+struct RemoteUser {
+    nodes: SmallVec<[u32; 2]>,
+    record: PresenceRecord,
 }
 
 /// A server message waiting for the client's `client_ack` / `generic_response`.
@@ -136,6 +172,11 @@ pub struct GatewayState<H: Handler> {
     pending_gens: Vec<u32>,
     pending_generation: u32,
     serve_demo: bool,
+    /// Cluster mode: the bridge, users homed here that other nodes hold, and this turn's
+    /// presence changes for the bridge.
+    cluster: Option<ClusterLink>,
+    remote: HashMap<u64, RemoteUser>,
+    cluster_changes: Vec<(u64, Change)>,
 }
 
 /// The gateway app on one shard: the state plus the application's handler.
@@ -153,6 +194,7 @@ pub struct GatewayFactory<F = fn(usize) -> BuiltIn> {
     limits: EnvelopeLimits,
     nonce: u64,
     serve_demo: bool,
+    cluster: Option<ClusterLink>,
     make_handler: F,
 }
 
@@ -186,8 +228,15 @@ impl<F> GatewayFactory<F> {
             },
             nonce,
             serve_demo: config.dev,
+            cluster: None,
             make_handler,
         })
+    }
+
+    /// Cluster mode: shards forward to (and hear from) the bridge behind `link`.
+    pub fn with_cluster(mut self, link: ClusterLink) -> Self {
+        self.cluster = Some(link);
+        self
     }
 
     /// The gateway for one shard (called on that shard's thread).
@@ -216,6 +265,9 @@ impl<F> GatewayFactory<F> {
                 pending_gens: Vec::new(),
                 pending_generation: 0,
                 serve_demo: self.serve_demo,
+                cluster: self.cluster.clone(),
+                remote: HashMap::new(),
+                cluster_changes: Vec::new(),
             },
             handler: (self.make_handler)(shard),
         }
@@ -336,7 +388,15 @@ impl<H: Handler> App for Gateway<H> {
         // the upgrade).
         schedule_expiry(core, st, key, exp);
         if first {
-            announce_presence(core, st, user, None, now, true);
+            if st.remote.contains_key(&user) {
+                // Already online on another node: no second online event, but the other
+                // nodes learn that this one holds the user too.
+                if let Some(record) = st.users.get(UserId(user)).map(local_record) {
+                    st.cluster_changes.push((user, Change::Online(record)));
+                }
+            } else {
+                announce_presence(core, st, user, None, now, true);
+            }
         }
         let mut ctx = Ctx {
             core,
@@ -489,10 +549,16 @@ impl<H: Handler> App for Gateway<H> {
         }
         if last {
             // The last connection closed: the user goes offline everywhere, at once (an
-            // offline event is never coalesced away).
+            // offline event is never coalesced away), unless another node still holds it.
             st.users.remove(user);
             core.metrics().set(Metric::Users, st.users.len() as u64);
-            announce_offline(core, st, user.0);
+            if st.cluster.is_some() {
+                st.cluster_changes.push((user.0, Change::Offline));
+            }
+            match st.remote.get(&user.0).map(|r| r.record.clone()) {
+                Some(record) => announce_record(core, st, user.0, record, false),
+                None => announce_offline(core, st, user.0),
+            }
         }
         let mut ctx = Ctx {
             core,
@@ -505,27 +571,30 @@ impl<H: Handler> App for Gateway<H> {
         let st = &mut self.state;
         match msg {
             ShardMsg::Deliver { to, frame, reply } => {
-                let n = deliver_local(core, st, to, &frame, None);
-                if let Some(reply) = reply {
-                    if n == 0 {
-                        core.send_to_shard(
-                            from,
-                            ShardMsg::Offline {
-                                conn: reply.conn,
-                                pid: reply.pid,
-                            },
-                        );
-                    } else if reply.pid.is_some() {
-                        core.send_to_shard(
-                            from,
-                            ShardMsg::Delivered {
-                                conn: reply.conn,
-                                pid: reply.pid,
-                            },
-                        );
-                    }
+                debug_assert!(reply.as_ref().is_none_or(|r| r.shard == from));
+                deliver_to_user(core, st, to, &frame, None, reply);
+            }
+            ShardMsg::FromCluster { to, frame } => {
+                deliver_local(core, st, to, &frame, None);
+            }
+            ShardMsg::Unavailable { conn, pid } => {
+                send_error(
+                    core,
+                    st,
+                    conn,
+                    pid.as_deref(),
+                    503,
+                    "cluster link down: the target may be on another node",
+                );
+            }
+            ShardMsg::RemotePresence { changes } => {
+                for (user, node, change) in changes {
+                    apply_remote_presence(core, st, user, node, change);
                 }
             }
+            ShardMsg::ClusterPublish { .. }
+            | ShardMsg::ClusterBroadcast { .. }
+            | ShardMsg::ClusterPresence { .. } => {}
             ShardMsg::Delivered { conn, pid } => {
                 if let Some(pid) = pid {
                     send_ack(core, st, conn, &pid);
@@ -548,7 +617,7 @@ impl<H: Handler> App for Gateway<H> {
             }
             ShardMsg::Multicast { users, frame } => {
                 for u in users {
-                    deliver_local(core, st, u, &frame, None);
+                    deliver_to_user(core, st, u, &frame, None, None);
                 }
             }
             ShardMsg::Presence { updates, frames } => {
@@ -614,10 +683,19 @@ impl<H: Handler> App for Gateway<H> {
             flush_presence(core, &mut self.state);
         }
         flush_presence_batch(core, &mut self.state);
+        let st = &mut self.state;
+        if let Some(link) = &st.cluster {
+            if !st.cluster_changes.is_empty() {
+                let changes = std::mem::take(&mut st.cluster_changes);
+                core.send_to_shard(link.endpoint, ShardMsg::ClusterPresence { changes });
+            }
+        }
     }
 
     fn wants_turn(&self) -> bool {
-        !self.state.presence_updates.is_empty() || !self.state.presence_frames.is_empty()
+        !self.state.presence_updates.is_empty()
+            || !self.state.presence_frames.is_empty()
+            || !self.state.cluster_changes.is_empty()
     }
 
     /// The demo page, in `--dev` mode only (it is a developer tool, not a product page).
@@ -705,6 +783,95 @@ fn deliver_local<H: Handler>(
     n
 }
 
+/// Delivers `frame` to `user`, on the user's home shard: to its connections here and, in
+/// cluster mode, through the bridge to other nodes when the user is not only local (the
+/// bridge then answers `reply` from the receiver count Redis reports).
+fn deliver_to_user<H: Handler>(
+    core: &mut Core<Gateway<H>>,
+    st: &mut GatewayState<H>,
+    user: u64,
+    frame: &Bytes,
+    exclude: Option<ConnKey>,
+    mut reply: Option<Reply>,
+) {
+    let n = deliver_local(core, st, user, frame, exclude);
+    if let Some(link) = &st.cluster {
+        if n == 0 || st.remote.contains_key(&user) {
+            if link.is_up() {
+                let endpoint = link.endpoint;
+                let reply = if n == 0 { reply.take() } else { None };
+                core.send_to_shard(
+                    endpoint,
+                    ShardMsg::ClusterPublish {
+                        to: user,
+                        frame: frame.clone(),
+                        reply,
+                    },
+                );
+            } else if n == 0 {
+                // The user may be on another node and that cannot be checked: say so.
+                if let Some(reply) = reply.take() {
+                    answer(core, st, reply, Outcome::Unavailable);
+                }
+            }
+        }
+    }
+    if let Some(reply) = reply {
+        let outcome = if n == 0 {
+            Outcome::Offline
+        } else {
+            Outcome::Delivered
+        };
+        answer(core, st, reply, outcome);
+    }
+}
+
+/// Answers a P2P sender: directly when it is on this shard, else through its shard.
+fn answer<H: Handler>(
+    core: &mut Core<Gateway<H>>,
+    st: &mut GatewayState<H>,
+    reply: Reply,
+    outcome: Outcome,
+) {
+    if reply.shard == core.shard_id() {
+        match outcome {
+            Outcome::Delivered => {
+                if let Some(pid) = reply.pid {
+                    send_ack(core, st, reply.conn, &pid);
+                }
+            }
+            Outcome::Offline => {
+                core.metrics().inc(Metric::OfflineTargets);
+                send_error(
+                    core,
+                    st,
+                    reply.conn,
+                    reply.pid.as_deref(),
+                    404,
+                    "target user is not connected",
+                );
+            }
+            Outcome::Unavailable => send_error(
+                core,
+                st,
+                reply.conn,
+                reply.pid.as_deref(),
+                503,
+                "cluster link down: the target may be on another node",
+            ),
+        }
+        return;
+    }
+    let (conn, pid) = (reply.conn, reply.pid);
+    let msg = match outcome {
+        Outcome::Delivered if pid.is_none() => return,
+        Outcome::Delivered => ShardMsg::Delivered { conn, pid },
+        Outcome::Offline => ShardMsg::Offline { conn, pid },
+        Outcome::Unavailable => ShardMsg::Unavailable { conn, pid },
+    };
+    core.send_to_shard(reply.shard, msg);
+}
+
 /// Queues `frame` on every open connection of this shard except `exclude`.
 fn deliver_all<H: Handler>(
     core: &mut Core<Gateway<H>>,
@@ -723,13 +890,29 @@ fn deliver_all<H: Handler>(
     n
 }
 
+/// Sends `frame` to every connection of the gateway (every node in cluster mode). Returns
+/// false when the cluster link is down: then only this node's connections got it.
 pub(crate) fn broadcast_frame<H: Handler>(
     core: &mut Core<Gateway<H>>,
-    _st: &mut GatewayState<H>,
+    st: &mut GatewayState<H>,
     frame: Bytes,
     exclude: Option<ConnKey>,
-) {
+) -> bool {
     core.metrics().inc(Metric::Broadcasts);
+    let mut everywhere = true;
+    if let Some(link) = &st.cluster {
+        if link.is_up() {
+            let endpoint = link.endpoint;
+            core.send_to_shard(
+                endpoint,
+                ShardMsg::ClusterBroadcast {
+                    frame: frame.clone(),
+                },
+            );
+        } else {
+            everywhere = false;
+        }
+    }
     for shard in 0..core.shards() {
         if shard != core.shard_id() {
             core.send_to_shard(
@@ -742,6 +925,7 @@ pub(crate) fn broadcast_frame<H: Handler>(
     }
     let n = deliver_all(core, &frame, exclude);
     core.metrics().add(Metric::MsgOutDataEvent, n);
+    everywhere
 }
 
 /// Delivers `frame` to each listed user on its home shard: one message per remote shard.
@@ -758,7 +942,7 @@ pub(crate) fn route_to_users<H: Handler>(
     for &u in users {
         let home = home_shard(u, shards);
         if home == me {
-            deliver_local(core, st, u, &frame, exclude);
+            deliver_to_user(core, st, u, &frame, exclude, None);
         } else {
             remote[home].push(u);
         }
@@ -838,21 +1022,16 @@ fn handle_data_request<H: Handler>(
     if let Some(target) = msg.target_user_id {
         // P2P: every connection of the target, on its home shard.
         let home = home_shard(target, shards);
+        let reply = Some(Reply {
+            shard: core.shard_id(),
+            conn: key,
+            pid: msg.pid.map(Box::from),
+        });
         if home == core.shard_id() {
             let frame = encode_shared_text(&st.scratch);
-            let n = deliver_local(core, st, target, &frame, None);
-            if n == 0 {
-                core.metrics().inc(Metric::OfflineTargets);
-                send_error(core, st, key, msg.pid, 404, "target user is not connected");
-            } else if let Some(pid) = msg.pid {
-                send_ack(core, st, key, pid);
-            }
+            deliver_to_user(core, st, target, &frame, None, reply);
         } else {
             let frame = encode_shared_text(&st.scratch);
-            let reply = Some(Reply {
-                conn: key,
-                pid: msg.pid.map(Box::from),
-            });
             core.send_to_shard(
                 home,
                 ShardMsg::Deliver {
@@ -872,8 +1051,16 @@ fn handle_data_request<H: Handler>(
         }
     } else {
         let frame = encode_shared_text(&st.scratch);
-        broadcast_frame(core, st, frame, Some(key));
-        if let Some(pid) = msg.pid {
+        if !broadcast_frame(core, st, frame, Some(key)) {
+            send_error(
+                core,
+                st,
+                key,
+                msg.pid,
+                503,
+                "cluster link down: delivered on this node only",
+            );
+        } else if let Some(pid) = msg.pid {
             send_ack(core, st, key, pid);
         }
     }
@@ -1007,6 +1194,17 @@ fn announce_presence<H: Handler>(
     core.metrics().inc(Metric::PresenceEvents);
     match target {
         None => {
+            if st.cluster.is_some() {
+                let change = wire_record(&record);
+                st.cluster_changes.push((
+                    user,
+                    if automatic {
+                        Change::Online(change)
+                    } else {
+                        Change::Update(change)
+                    },
+                ));
+            }
             append_frame(&mut st.presence_frames, &st.scratch);
             st.presence_updates
                 .push((user, Some(Box::new(record.clone()))));
@@ -1016,6 +1214,127 @@ fn announce_presence<H: Handler>(
             // Only the target hears it; the public (replicated) presence is unchanged.
             let frame = encode_shared_text(&st.scratch);
             route_to_users(core, st, &[t], frame, None);
+        }
+    }
+}
+
+/// A local user's public presence, for the other nodes.
+fn local_record(u: &LocalUser) -> Record {
+    Record {
+        since_ms: u.since_ms,
+        name: u.name.clone(),
+        status: u.status.clone(),
+        context: u.context.clone(),
+    }
+}
+
+fn wire_record(r: &PresenceRecord) -> Record {
+    Record {
+        since_ms: r.since_ms,
+        name: r.username.clone(),
+        status: r.status.clone(),
+        context: r.context.clone(),
+    }
+}
+
+/// Puts `record` in every shard's replica and, with `event`, announces it to everyone.
+fn announce_record<H: Handler>(
+    core: &mut Core<Gateway<H>>,
+    st: &mut GatewayState<H>,
+    user: u64,
+    record: PresenceRecord,
+    event: bool,
+) {
+    if event {
+        st.scratch.clear();
+        envelope::write_presence_event(
+            &mut st.scratch,
+            &PresenceEvent {
+                from_user: user,
+                user_id: user,
+                username: (!record.username.is_empty()).then_some(&*record.username),
+                status: &record.status,
+                context: record.context.as_deref(),
+                timestamp_ms: unix_ms(),
+            },
+        );
+        core.metrics().inc(Metric::PresenceEvents);
+        append_frame(&mut st.presence_frames, &st.scratch);
+    }
+    st.presence_updates
+        .push((user, Some(Box::new(record.clone()))));
+    st.book.upsert(user, record);
+}
+
+/// A change of `user`'s presence on another node, on the user's home shard here: the user
+/// is online while any node (this one included) holds it; one event per transition.
+fn apply_remote_presence<H: Handler>(
+    core: &mut Core<Gateway<H>>,
+    st: &mut GatewayState<H>,
+    user: u64,
+    node: u32,
+    change: Change,
+) {
+    let local = st.users.get(UserId(user)).is_some();
+    let was_online = local || st.remote.contains_key(&user);
+    match change {
+        Change::Online(r) => {
+            let record = remote_record(r);
+            remember_remote(st, user, node, record.clone());
+            if !was_online {
+                announce_record(core, st, user, record, true);
+            }
+        }
+        Change::Update(r) => {
+            let record = remote_record(r);
+            remember_remote(st, user, node, record.clone());
+            announce_record(core, st, user, record, true);
+        }
+        Change::Offline => {
+            let Some(entry) = st.remote.get_mut(&user) else {
+                return;
+            };
+            entry.nodes.retain(|n| *n != node);
+            if entry.nodes.is_empty() {
+                st.remote.remove(&user);
+                if !local {
+                    announce_offline(core, st, user);
+                }
+            }
+        }
+    }
+}
+
+fn remote_record(r: Record) -> PresenceRecord {
+    PresenceRecord {
+        username: r.name,
+        status: r.status,
+        context: r.context,
+        since_ms: r.since_ms,
+    }
+}
+
+fn remember_remote<H: Handler>(
+    st: &mut GatewayState<H>,
+    user: u64,
+    node: u32,
+    record: PresenceRecord,
+) {
+    match st.remote.get_mut(&user) {
+        Some(entry) => {
+            if !entry.nodes.contains(&node) {
+                entry.nodes.push(node);
+            }
+            entry.record = record;
+        }
+        None => {
+            st.remote.insert(
+                user,
+                RemoteUser {
+                    nodes: SmallVec::from_slice(&[node]),
+                    record,
+                },
+            );
         }
     }
 }

@@ -77,6 +77,8 @@ pub struct Shared {
     pub open_connections: AtomicUsize,
     /// SIGTERM/SIGINT: refuse upgrades (503), `/healthz` 503, close clients with 1001.
     pub draining: AtomicBool,
+    /// A dependency the server needs is down (the cluster link): `/healthz` answers 503.
+    pub degraded: AtomicBool,
     /// Leave the loop now.
     pub stop: AtomicBool,
 }
@@ -906,6 +908,9 @@ impl<A: App> Shard<A> {
         match route {
             Route::Healthz if draining => {
                 Handshake::Page(503, "application/json", br#"{"status":"draining"}"#)
+            }
+            Route::Healthz if self.core.shared.degraded.load(Ordering::Relaxed) => {
+                Handshake::Page(503, "application/json", br#"{"status":"degraded"}"#)
             }
             Route::Healthz => Handshake::Page(200, "application/json", br#"{"status":"ok"}"#),
             Route::Index => match self.app.index_page() {
