@@ -103,7 +103,8 @@ use crate::config::{AuthConfig, Config, JwtKey};
 
 pub use pem::KeyTypeError;
 pub use value::{
-    parse_byte_size, parse_duration, parse_nonzero_duration, PublicKeyAlgorithm, ValueError,
+    parse_byte_size, parse_duration, parse_node_id, parse_nonzero_duration, parse_redis_url,
+    PublicKeyAlgorithm, ValueError,
 };
 
 /// What the command line asked for, fully validated.

@@ -384,6 +384,86 @@ fn every_setting_has_an_env_variable() {
 }
 
 #[test]
+fn cluster_mode_from_flags_env_and_file() {
+    assert!(serve_ok(&[]).cluster.is_none(), "single node by default");
+    let c = serve_ok(&[
+        "--cluster-redis",
+        "redis://app:pw@10.0.0.5:7000/3",
+        "--node-id",
+        "edge-1",
+        "--presence-heartbeat",
+        "250ms",
+    ]);
+    let cluster = c.cluster.expect("cluster mode");
+    assert_eq!(cluster.node_id, "edge-1");
+    assert_eq!(cluster.heartbeat, Duration::from_millis(250));
+    assert_eq!(
+        (
+            cluster.redis.host.as_str(),
+            cluster.redis.port,
+            cluster.redis.db
+        ),
+        ("10.0.0.5", 7000, 3)
+    );
+    assert_eq!(cluster.redis.username.as_deref(), Some("app"));
+    assert_eq!(cluster.redis.password.as_deref(), Some("pw"));
+    assert!(
+        !format!("{:?}", cluster.redis).contains("pw"),
+        "the password never reaches logs"
+    );
+    // Environment, and the generated defaults.
+    let c = serve(
+        &["--jwt-secret", SECRET],
+        &[("CUSTOMWS_CLUSTER_REDIS", "redis://localhost")],
+    )
+    .unwrap();
+    let cluster = c.cluster.expect("cluster mode from env");
+    assert_eq!(cluster.redis.port, 6379);
+    assert_eq!(cluster.heartbeat, secs(1));
+    assert!(!cluster.node_id.is_empty());
+    let other = serve(
+        &["--jwt-secret", SECRET],
+        &[("CUSTOMWS_CLUSTER_REDIS", "redis://localhost")],
+    )
+    .unwrap();
+    assert_ne!(
+        other.cluster.unwrap().node_id,
+        cluster.node_id,
+        "generated ids differ between processes/starts"
+    );
+    let file = TempFile::new(
+        "cluster.toml",
+        "cluster_redis = \"redis://r:6380\"\nnode_id = \"from-file\"\npresence_heartbeat = \"2s\"\n",
+    );
+    let c = serve_ok(&["--config", file.path()]);
+    let cluster = c.cluster.unwrap();
+    assert_eq!(
+        (cluster.node_id.as_str(), cluster.heartbeat),
+        ("from-file", secs(2))
+    );
+    // Bad values are refused with the setting's name; cluster-only flags alone warn.
+    let e = serve_err(&["--cluster-redis", "http://x"], &[]);
+    assert!(
+        e.contains("--cluster-redis") && e.contains("redis://"),
+        "{e}"
+    );
+    let e = serve_err(&["--cluster-redis", "redis://x", "--node-id", "a b"], &[]);
+    assert!(e.contains("--node-id"), "{e}");
+    let e = serve_err(
+        &["--cluster-redis", "redis://x", "--presence-heartbeat", "0s"],
+        &[],
+    );
+    assert!(e.contains("--presence-heartbeat"), "{e}");
+    let (_, warnings) = serve_full(&["--jwt-secret", SECRET, "--node-id", "n"], &[]).unwrap();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("--node-id") && w.contains("no effect")),
+        "{warnings:?}"
+    );
+}
+
+#[test]
 fn empty_env_variable_counts_as_unset() {
     let c = serve_ok(&[]);
     let with_empty = serve(

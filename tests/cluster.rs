@@ -532,3 +532,93 @@ fn redis_down_turns_health_503_and_cross_node_sends_503_then_everything_recovers
     let ev = b2.recv_type("data_event");
     assert_eq!(ev["payload"]["text"], "back");
 }
+
+/// A library handler that greets user 1 from whichever node a user connects to.
+struct Greeter;
+
+impl customws::gateway::Handler for Greeter {
+    fn on_connect(
+        &mut self,
+        ctx: &mut customws::gateway::Ctx<'_, Self>,
+        conn: customws::gateway::ConnRef,
+    ) {
+        if conn.user.0 != 1 {
+            let json = json!({"type": "data_event", "payload": {"hello": conn.user.0}});
+            ctx.send_to_user(customws::auth::UserId(1), json.to_string().as_bytes());
+        }
+    }
+}
+
+fn in_process_node(
+    redis: &Redis,
+    id: &str,
+) -> (customws::Server, customws::cluster::Bridge, SocketAddr) {
+    let mut cfg = gateway_config(2);
+    cfg.cluster = Some(customws::config::ClusterConfig {
+        redis: customws::cli::parse_redis_url(&redis.url()).unwrap(),
+        node_id: id.into(),
+        heartbeat: Duration::from_millis(HEARTBEAT_MS),
+    });
+    let factory = customws::gateway::GatewayFactory::with_handler(&cfg, |_| Greeter).unwrap();
+    let (server, bridge) = customws::cluster::start_gateway(cfg, factory).unwrap();
+    let bridge = bridge.expect("cluster mode starts a bridge");
+    let admin = customws::admin::spawn_with(
+        "127.0.0.1:0".parse().unwrap(),
+        customws::admin::Sources {
+            shards: server.metrics_handles(),
+            shared: Some(server.shared()),
+            cluster: Some(bridge.metrics()),
+        },
+    )
+    .unwrap();
+    (server, bridge, admin)
+}
+
+fn scrape(admin: SocketAddr, metric: &str) -> u64 {
+    let resp = raw_exchange(
+        admin,
+        b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n",
+        Duration::from_secs(2),
+    );
+    let text = String::from_utf8_lossy(&resp);
+    text.lines()
+        .find_map(|l| l.strip_prefix(metric)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{metric} missing from /metrics"))
+}
+
+#[test]
+fn library_send_to_user_crosses_nodes_and_the_bridge_reports_metrics() {
+    let redis = Redis::start();
+    let (a, _bridge_a, admin_a) = in_process_node(&redis, "lib-a");
+    let (b, _bridge_b, admin_b) = in_process_node(&redis, "lib-b");
+    assert!(wait_until(Duration::from_secs(10), || {
+        scrape(admin_a, "customws_cluster_link_up") == 1
+            && scrape(admin_b, "customws_cluster_link_up") == 1
+    }));
+    let mut one = User::connect(a.local_addr(), 1, "one");
+    await_presence(&mut one, &[1]);
+    let mut two = User::connect(b.local_addr(), 2, "two");
+    await_presence(&mut two, &[1, 2]);
+    let hello = one.recv_type("data_event");
+    assert_eq!(hello["payload"]["hello"], 2);
+    assert!(scrape(admin_b, "customws_cluster_publishes_total") >= 1);
+    assert!(scrape(admin_a, "customws_cluster_received_total") >= 1);
+    assert_eq!(scrape(admin_a, "customws_cluster_remote_nodes"), 1);
+    assert_eq!(scrape(admin_a, "customws_cluster_decode_errors_total"), 0);
+    // Health through the admin listener as well.
+    let resp = raw_exchange(
+        admin_a,
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
+        Duration::from_secs(2),
+    );
+    assert_eq!(status_of(&resp), 200);
+    drop(redis);
+    assert!(wait_until(Duration::from_secs(10), || {
+        let resp = raw_exchange(
+            admin_a,
+            b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
+            Duration::from_secs(2),
+        );
+        status_of(&resp) == 503 && scrape(admin_a, "customws_cluster_link_up") == 0
+    }));
+}
