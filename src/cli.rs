@@ -407,7 +407,7 @@ settings! {
         "This node's name in the cluster (unique per running node)";
     presence_heartbeat "presence-heartbeat" "CUSTOMWS_PRESENCE_HEARTBEAT" "D" One false "1s"
         CLUSTER
-        "Presence heartbeat; a node silent for 3 heartbeats is declared dead";
+        "Presence heartbeat; a node silent for 2.5 heartbeats is declared dead";
 }
 
 /// The settings that together name the JWT key (one precedence slot, see the module docs).

@@ -21,7 +21,7 @@ use bytes::{Bytes, BytesMut};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
-use super::membership::{Effects, Membership, MISSED_HEARTBEATS};
+use super::membership::{Effects, Membership};
 use super::resp::{self, Value};
 use super::wire::{self, Change, Message, Record};
 use super::{user_channel, ClusterLink, ClusterMetrics, ALL_CHANNEL};
@@ -41,6 +41,11 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Unsent bytes towards Redis beyond which the link counts as broken (Redis stopped
 /// reading; holding more would only grow memory).
 const MAX_UNSENT: usize = 256 << 20;
+/// The link is broken when this node's own heartbeat has not come back for this many
+/// intervals (Redis stalled, or the subscription silently died).
+const LINK_SILENT_HEARTBEATS: u32 = 3;
+/// Liveness checks (other nodes, own link) per heartbeat interval.
+const CHECKS_PER_HEARTBEAT: u32 = 4;
 /// Values taken from each shard's ring per turn.
 const BATCH: usize = 4096;
 
@@ -173,6 +178,7 @@ struct Bridge<A: App<Msg = ShardMsg>> {
     /// Messages a full ring handed back, retried every turn in order.
     backlog: VecDeque<(usize, ShardMsg)>,
     next_heartbeat: Instant,
+    next_check: Instant,
     last_heartbeat_sent: Instant,
     scratch: Vec<u8>,
     msg: Vec<u8>,
@@ -207,6 +213,7 @@ pub fn run<A: App<Msg = ShardMsg>>(parts: BridgeParts<A>) {
         effects: Effects::default(),
         backlog: VecDeque::new(),
         next_heartbeat: now,
+        next_check: now,
         last_heartbeat_sent: now,
         scratch: Vec::with_capacity(256),
         msg: Vec::with_capacity(4096),
@@ -241,7 +248,7 @@ impl<A: App<Msg = ShardMsg>> Bridge<A> {
         let mut events = Events::with_capacity(64);
         loop {
             let now = Instant::now();
-            let mut deadline = self.next_heartbeat;
+            let mut deadline = self.next_heartbeat.min(self.next_check);
             if self.link.is_none() {
                 deadline = deadline.min(self.reconnect_at);
             }
@@ -290,6 +297,9 @@ impl<A: App<Msg = ShardMsg>> Bridge<A> {
             self.link_broken(now, &e.to_string());
         }
         // 3. timers
+        if now >= self.next_check {
+            self.check_liveness(now);
+        }
         if now >= self.next_heartbeat {
             self.heartbeat(now);
         }
@@ -714,23 +724,26 @@ impl<A: App<Msg = ShardMsg>> Bridge<A> {
 
     // ------------------------------------------------------------------ timers
 
-    fn heartbeat(&mut self, now: Instant) {
+    /// Declares silent nodes dead and checks that this node still hears itself.
+    fn check_liveness(&mut self, now: Instant) {
         let hb = self.config.heartbeat;
-        self.next_heartbeat = now + hb;
+        self.next_check = now + hb / CHECKS_PER_HEARTBEAT;
         self.members.expire(now, &mut self.effects);
         if let Some(link) = &self.link {
             let silent = now.duration_since(link.last_self_heard);
-            if link.subscribed_all && silent >= hb * MISSED_HEARTBEATS {
+            if link.subscribed_all && silent >= hb * LINK_SILENT_HEARTBEATS {
                 self.link_broken(now, "own heartbeat not heard back (link stalled)");
-                return;
-            }
-            if !link.subscribed_all
-                && now.duration_since(link.established) >= hb * MISSED_HEARTBEATS
+            } else if !link.subscribed_all
+                && now.duration_since(link.established) >= hb * LINK_SILENT_HEARTBEATS
             {
                 self.link_broken(now, "subscription not confirmed");
-                return;
             }
         }
+    }
+
+    fn heartbeat(&mut self, now: Instant) {
+        let hb = self.config.heartbeat;
+        self.next_heartbeat = now + hb;
         if !self.is_up() {
             return;
         }
@@ -750,7 +763,7 @@ impl<A: App<Msg = ShardMsg>> Bridge<A> {
         // A key per live node with a TTL of three heartbeats, for operators (`SCAN cws:node:*`).
         if let Some(link) = self.link.as_mut() {
             let key = format!("cws:node:{}", self.node);
-            let ttl = (hb * MISSED_HEARTBEATS).as_millis().max(1).to_string();
+            let ttl = (hb * LINK_SILENT_HEARTBEATS).as_millis().max(1).to_string();
             let value = self.incarnation.to_string();
             resp::write_command(
                 &mut link.cmd.out,

@@ -4,9 +4,14 @@
 //! number, a heartbeat carrying the current number, and a full snapshot when asked. A
 //! receiver applies deltas in order; a gap (a lost message, a restart, a node it never heard
 //! from) marks the node unsynced and asks it for a snapshot, which replaces everything known
-//! about it. A node not heard for [`MISSED_HEARTBEATS`] of its own intervals is dead: each of
+//! about it. A node not heard for [`DEAD_AFTER`] of its own intervals is dead: each of
 //! its users is reported offline *by this node to its own clients*, once, so every client in
 //! the cluster sees one offline event, whichever node noticed.
+//!
+//! The bound: a node is dead [`DEAD_AFTER`] heartbeat intervals (2.5) after the last
+//! heartbeat heard from it, and the bridge checks four times per interval, so its users go
+//! offline at most 2.75 intervals after its last heartbeat: within three heartbeats of a
+//! `kill -9`. Waiting 2.5 intervals rather than 1 tolerates one late or lost heartbeat.
 //!
 //! The output is a list of per-user changes tagged with a small node index, which the bridge
 //! routes to each user's home shard; the home shard combines them with its local connections.
@@ -17,7 +22,12 @@ use std::time::{Duration, Instant};
 use super::wire::{Change, Record};
 
 /// A node silent for this many of its heartbeat intervals is declared dead.
-pub const MISSED_HEARTBEATS: u32 = 3;
+pub const DEAD_AFTER: f64 = 2.5;
+
+/// How long a node with heartbeat `interval` may stay silent.
+pub fn dead_after(interval: Duration) -> Duration {
+    interval.mul_f64(DEAD_AFTER)
+}
 
 /// What a remote node holds, as far as this node knows.
 #[derive(Debug)]
@@ -229,12 +239,12 @@ impl Membership {
         }
     }
 
-    /// Declares dead every node silent for [`MISSED_HEARTBEATS`] intervals.
+    /// Declares dead every node silent for [`DEAD_AFTER`] intervals.
     pub fn expire(&mut self, now: Instant, fx: &mut Effects) {
         let dead: Vec<Box<str>> = self
             .nodes
             .iter()
-            .filter(|(_, n)| now.duration_since(n.last_heard) >= n.interval * MISSED_HEARTBEATS)
+            .filter(|(_, n)| now.duration_since(n.last_heard) >= dead_after(n.interval))
             .map(|(id, _)| id.clone())
             .collect();
         for id in dead {
@@ -371,7 +381,7 @@ mod tests {
     }
 
     #[test]
-    fn a_silent_node_dies_once_after_three_intervals() {
+    fn a_silent_node_dies_once_after_two_and_a_half_intervals() {
         let t = Instant::now();
         let mut m = Membership::new("me", HB);
         let mut fx = Effects::default();
@@ -387,7 +397,7 @@ mod tests {
         let mut fx = Effects::default();
         m.expire(t + HB * 2, &mut fx);
         assert!(fx.presence.is_empty());
-        m.expire(t + HB * 3, &mut fx);
+        m.expire(t + HB * 5 / 2, &mut fx);
         assert_eq!(changes(&fx), vec![(1, "offline"), (2, "offline")]);
         assert_eq!(fx.dead, vec![Box::from("b")]);
         let mut fx = Effects::default();

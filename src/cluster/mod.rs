@@ -13,7 +13,7 @@
 //!   Redis returns answers "is this user online anywhere" for the 404.
 //! * **Presence** deltas, heartbeats and snapshots travel on `cws:all`; see
 //!   [`membership`] for how a node learns the others' users and declares a silent node dead
-//!   after three heartbeats. The user's home shard on each node combines local connections
+//!   within three heartbeats. The user's home shard on each node combines local connections
 //!   with the remote nodes holding the user, so each node emits one online and one offline
 //!   event per user to its own clients.
 //! * **A shard never waits on Redis**: it pushes to the bridge through the same lock-free
