@@ -923,6 +923,9 @@ impl<A: App<Msg = ShardMsg>> Bridge<A> {
     }
 
     fn retry_backlog(&mut self) {
+        if self.backlog.is_empty() {
+            return;
+        }
         let mut rest = VecDeque::new();
         let mut blocked = vec![false; self.shards];
         while let Some((shard, msg)) = self.backlog.pop_front() {
