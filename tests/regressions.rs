@@ -402,11 +402,17 @@ fn targeted_presence_update_does_not_cancel_a_coalesced_public_one() {
     let alice = sim.connect_on(0, 2);
     let bob = sim.connect_on(1, 3);
     sim.run_until_idle();
-    sim.send_text(alice, r#"{"type":"presence_update","payload":{"status":"one"}}"#);
+    sim.send_text(
+        alice,
+        r#"{"type":"presence_update","payload":{"status":"one"}}"#,
+    );
     sim.run_until_idle();
     sim.advance(Duration::from_millis(10));
     // Both inside the interval: coalesced.
-    sim.send_text(alice, r#"{"type":"presence_update","payload":{"status":"two"}}"#);
+    sim.send_text(
+        alice,
+        r#"{"type":"presence_update","payload":{"status":"two"}}"#,
+    );
     sim.send_text(
         alice,
         r#"{"type":"presence_update","targetUserId":3,"payload":{"status":"dm"}}"#,
@@ -428,8 +434,14 @@ fn targeted_presence_update_does_not_cancel_a_coalesced_public_one() {
         .filter(|v| v["type"] == "presence_event" && v["fromUserId"] == 2)
         .filter_map(|v| v["payload"]["status"].as_str())
         .collect();
-    assert!(statuses.contains(&"two"), "public update never announced: {statuses:?}");
-    assert!(statuses.contains(&"dm"), "targeted update lost: {statuses:?}");
+    assert!(
+        statuses.contains(&"two"),
+        "public update never announced: {statuses:?}"
+    );
+    assert!(
+        statuses.contains(&"dm"),
+        "targeted update lost: {statuses:?}"
+    );
     let answer = got.last().expect("get_presence answer");
     let alice_entry = answer["payload"]["users"]
         .as_array()

@@ -68,7 +68,10 @@ fn statuses_of(events: &[Value], user: u64) -> Vec<String> {
         .collect()
 }
 
-fn online_users(sim: &mut Sim<customws::gateway::Gateway>, asker: customws::sim::ClientId) -> Vec<u64> {
+fn online_users(
+    sim: &mut Sim<customws::gateway::Gateway>,
+    asker: customws::sim::ClientId,
+) -> Vec<u64> {
     sim.send_text(
         asker,
         r#"{"pid":"gp","type":"generic_request","payload":{"action":"get_presence"}}"#,
@@ -112,7 +115,10 @@ fn user_with_two_connections_goes_offline_once_after_the_last() {
     // Nothing trails behind, not even after the timers ran.
     sim.advance(Duration::from_secs(60));
     assert!(statuses_of(&received(&mut sim, watcher), 5).is_empty());
-    assert!(sim.is_open(watcher), "keepalive: the simulated client answers pings");
+    assert!(
+        sim.is_open(watcher),
+        "keepalive: the simulated client answers pings"
+    );
 }
 
 /// P2P across shards reaches every connection of the target once and is acked once;
@@ -122,7 +128,11 @@ fn p2p_reaches_every_connection_of_the_target_once() {
     let setup = Setup::from_byte(2); // 4 shards
     let mut sim = Sim::gateway(setup.config(), 4).expect("sim");
     let sender = sim.connect_on(0, 1);
-    let targets = [sim.connect_on(1, 2), sim.connect_on(2, 2), sim.connect_on(3, 2)];
+    let targets = [
+        sim.connect_on(1, 2),
+        sim.connect_on(2, 2),
+        sim.connect_on(3, 2),
+    ];
     sim.run_until_idle();
     for c in [sender, targets[0], targets[1], targets[2]] {
         received(&mut sim, c);
@@ -145,7 +155,9 @@ fn p2p_reaches_every_connection_of_the_target_once() {
     }
     let replies = received(&mut sim, sender);
     assert_eq!(replies.len(), 2, "{replies:?}");
-    assert!(replies.iter().any(|v| v["type"] == "server_ack" && v["payload"]["acknowledgedPid"] == "p"));
+    assert!(replies
+        .iter()
+        .any(|v| v["type"] == "server_ack" && v["payload"]["acknowledgedPid"] == "p"));
     assert!(replies.iter().any(|v| v["type"] == "error_notification"
         && v["error"]["code"] == 404
         && v["error"]["originalPid"] == "q"));
@@ -161,13 +173,26 @@ fn one_slot_rings_lose_nothing() {
     }
     ops.push(Op::Settle);
     for round in 0..20u8 {
-        ops.push(Op::Broadcast { from: round, pid: true });
-        ops.push(Op::P2p { from: round + 1, to: round % 7 + 1, pid: round % 2 == 0 });
-        ops.push(Op::Presence { from: round + 2, to: None });
+        ops.push(Op::Broadcast {
+            from: round,
+            pid: true,
+        });
+        ops.push(Op::P2p {
+            from: round + 1,
+            to: round % 7 + 1,
+            pid: round % 2 == 0,
+        });
+        ops.push(Op::Presence {
+            from: round + 2,
+            to: None,
+        });
         ops.push(Op::GetPresence { from: round + 3 });
         if round % 5 == 4 {
             ops.push(Op::Disconnect { conn: round });
-            ops.push(Op::Connect { user: round % 6 + 1, shard: round });
+            ops.push(Op::Connect {
+                user: round % 6 + 1,
+                shard: round,
+            });
         }
         if round % 2 == 1 {
             ops.push(Op::Settle);
@@ -208,4 +233,28 @@ fn routing_fuzz_seeds_hold() {
         n += 1;
     }
     assert!(n >= 5, "only {n} seeds");
+}
+
+/// Replays every input in `$ROUTING_DIR` (a fuzz corpus or artifacts) and prints the
+/// slowest: `ROUTING_DIR=fuzz/corpus/routing cargo test --test simulation replay -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn replay_dir() {
+    let dir = std::env::var("ROUTING_DIR").expect("ROUTING_DIR");
+    let mut times = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("dir") {
+        let path = entry.expect("entry").path();
+        let input = std::fs::read(&path).expect("input");
+        let start = std::time::Instant::now();
+        if let Err(e) = model::run(&input) {
+            panic!("{}: {e}", path.display());
+        }
+        times.push((start.elapsed(), path));
+    }
+    times.sort();
+    let total: Duration = times.iter().map(|(t, _)| *t).sum();
+    println!("{} inputs, {total:?}", times.len());
+    for (t, p) in times.iter().rev().take(5) {
+        println!("{t:?} {}", p.display());
+    }
 }

@@ -4,7 +4,7 @@
 //! rings over in-memory pipes, one thread, virtual clock).
 //!
 //! Input layout (`customws::sim::model::decode`): byte 0 picks the shard count (2–4), the
-//! ring capacity (1, 2, 16 or 65,536 slots: small rings force the back-pressure backlog) and
+//! ring capacity (1, 2, 16 or 1024 slots: small rings force the back-pressure backlog) and
 //! the presence coalescing interval (0, 100 ms, 1 s); then operations of 2–3 bytes, the
 //! first byte's low 3 bits selecting connect / disconnect / P2P / broadcast / presence /
 //! get_presence / tick / settle.

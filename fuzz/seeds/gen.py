@@ -108,7 +108,7 @@ for i in range(6):
 
 
 # routing: customws::sim::model::decode. Setup byte (shards 2 + b % 3, ring capacity
-# [1, 2, 16, 65536][(b >> 2) & 3], coalescing [0, 100, 1000][(b >> 4) % 3] ms), then ops.
+# [1, 2, 16, 1024][(b >> 2) & 3], coalescing [0, 100, 1000][(b >> 4) % 3] ms), then ops.
 def connect(user, shard):
     return bytes([0, user - 1, shard])
 

@@ -29,7 +29,9 @@ impl Transport {
 
     pub fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
         match self {
-            Transport::Tcp(s) => registry.register(s, token, Interest::READABLE | Interest::WRITABLE),
+            Transport::Tcp(s) => {
+                registry.register(s, token, Interest::READABLE | Interest::WRITABLE)
+            }
             Transport::Mem(_) => Ok(()),
         }
     }

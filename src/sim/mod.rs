@@ -128,8 +128,7 @@ impl<A: App> Sim<A> {
         let apps: Vec<A> = (0..shards).map(&make_app).collect();
         let now = Instant::now();
         let mut built = Vec::with_capacity(shards);
-        for (shard_id, ((poll, links), app)) in polls.into_iter().zip(links).zip(apps).enumerate()
-        {
+        for (shard_id, ((poll, links), app)) in polls.into_iter().zip(links).zip(apps).enumerate() {
             let parts = ShardParts {
                 shard_id,
                 shards,
@@ -229,7 +228,10 @@ impl<A: App> Sim<A> {
     }
 
     fn send_frame(&mut self, client: ClientId, opcode: u8, payload: &[u8]) {
-        self.mask_seed = self.mask_seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        self.mask_seed = self
+            .mask_seed
+            .wrapping_mul(1_664_525)
+            .wrapping_add(1_013_904_223);
         let frame = client_frame(opcode, payload, self.mask_seed.to_be_bytes());
         if let Some(c) = self.clients.get(client.0) {
             if !c.closed {
@@ -336,13 +338,18 @@ impl<A: App> Sim<A> {
                         c.close_code.get_or_insert(code);
                         if !c.closed {
                             c.closed = true;
-                            let reply = if payload.len() >= 2 { &payload[..2] } else { &[][..] };
+                            let reply = if payload.len() >= 2 {
+                                &payload[..2]
+                            } else {
+                                &[][..]
+                            };
                             c.pipe.client_write(&client_frame(0x8, reply, [1, 2, 3, 4]));
                         }
                     }
                     Ok(0x9) => {
                         if !c.closed {
-                            c.pipe.client_write(&client_frame(0xA, payload, [5, 6, 7, 8]));
+                            c.pipe
+                                .client_write(&client_frame(0xA, payload, [5, 6, 7, 8]));
                         }
                     }
                     Ok(0xA) => {}
@@ -425,7 +432,10 @@ fn parse_server_frame(buf: &[u8]) -> Option<(Result<u8, u8>, &[u8], usize)> {
         return None;
     };
     let (len, header): (u64, usize) = match b1 & 0x7f {
-        126 => (u64::from(u16::from_be_bytes([*rest.first()?, *rest.get(1)?])), 4),
+        126 => (
+            u64::from(u16::from_be_bytes([*rest.first()?, *rest.get(1)?])),
+            4,
+        ),
         127 => {
             let bytes: [u8; 8] = rest.get(..8)?.try_into().ok()?;
             (u64::from_be_bytes(bytes), 10)

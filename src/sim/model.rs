@@ -43,7 +43,8 @@ const MAX_OPS: usize = 512;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Setup {
     pub shards: usize,
-    /// Slots per cross-shard ring; small values exercise the back-pressure backlog.
+    /// Slots per cross-shard ring; small values exercise the back-pressure backlog. (At most
+    /// 1024: a server's 65,536-slot rings would cost a 30 MB allocation per fuzz input.)
     pub queue_capacity: usize,
     pub presence_interval: Duration,
 }
@@ -93,7 +94,7 @@ impl Setup {
     pub fn from_byte(b: u8) -> Setup {
         Setup {
             shards: 2 + usize::from(b % 3),
-            queue_capacity: [1, 2, 16, 65_536][usize::from((b >> 2) & 3)],
+            queue_capacity: [1, 2, 16, 1024][usize::from((b >> 2) & 3)],
             presence_interval: Duration::from_millis([0, 100, 1000][usize::from((b >> 4) % 3)]),
         }
     }
@@ -363,7 +364,10 @@ impl Checker {
                     .filter(|c| c.user == user && c.st != St::Closed)
                     .count();
                 // Stay under the per-user limit (8): replacement is not modelled here.
-                if self.conns.len() < MAX_CONNS && per_user < 8 && (1..=u64::from(USERS)).contains(&user) {
+                if self.conns.len() < MAX_CONNS
+                    && per_user < 8
+                    && (1..=u64::from(USERS)).contains(&user)
+                {
                     let client = self.sim.connect_on(usize::from(shard), user);
                     self.conns.push(Conn {
                         client,
@@ -417,7 +421,8 @@ impl Checker {
                     if target.is_none() {
                         self.window_updates.push((user, id));
                     }
-                    let target_field = target.map_or(String::new(), |t| format!(r#""targetUserId":{t},"#));
+                    let target_field =
+                        target.map_or(String::new(), |t| format!(r#""targetUserId":{t},"#));
                     self.send(f, Kind::Presence, true, |p, _| {
                         format!(
                             r#"{{{p}"type":"presence_update",{target_field}"payload":{{"status":"{status}"}}}}"#
@@ -450,7 +455,9 @@ impl Checker {
     }
 
     fn on_now(&self, user: u64) -> bool {
-        self.conns.iter().any(|c| c.user == user && c.st == St::Open)
+        self.conns
+            .iter()
+            .any(|c| c.user == user && c.st == St::Open)
     }
 
     fn on_prev(&self, user: u64) -> bool {
@@ -510,7 +517,14 @@ impl Checker {
             for text in self.sim.take_received(client) {
                 let v: Value = serde_json::from_str(&text)
                     .map_err(|e| Violation::Malformed(format!("{e}: {text}")))?;
-                self.observe(i, &v, &text, &mut deliveries, &mut replies, &mut public_seen)?;
+                self.observe(
+                    i,
+                    &v,
+                    &text,
+                    &mut deliveries,
+                    &mut replies,
+                    &mut public_seen,
+                )?;
             }
         }
 
@@ -519,8 +533,14 @@ impl Checker {
             self.check_sent(s, &deliveries, &mut replies)?;
         }
         for (conn, (lo, hi)) in std::mem::take(&mut self.bare_404) {
-            let have = replies.remove(&format!("404@{conn}")).map_or(0, |v| v.len());
-            let lo = if self.conns[conn].st == St::Open { lo } else { 0 };
+            let have = replies
+                .remove(&format!("404@{conn}"))
+                .map_or(0, |v| v.len());
+            let lo = if self.conns[conn].st == St::Open {
+                lo
+            } else {
+                0
+            };
             if have < lo || have > hi {
                 return Err(Violation::Reply(format!(
                     "conn {conn} got {have} 404s for P2Ps without pid, want {lo}..={hi}"
@@ -528,7 +548,9 @@ impl Checker {
             }
         }
         if let Some((pid, got)) = replies.iter().find(|(_, v)| !v.is_empty()) {
-            return Err(Violation::Misrouted(format!("unexpected reply for {pid}: {got:?}")));
+            return Err(Violation::Misrouted(format!(
+                "unexpected reply for {pid}: {got:?}"
+            )));
         }
 
         self.check_presence(&public_seen)?;
@@ -555,7 +577,9 @@ impl Checker {
                 let from = v["fromUserId"].as_u64().ok_or_else(bad)?;
                 let name = get(v, &["payload", "senderName"]).as_str();
                 if name != Some(&format!("u{from}")) {
-                    return Err(Violation::Malformed(format!("senderName not set by the server: {text}")));
+                    return Err(Violation::Malformed(format!(
+                        "senderName not set by the server: {text}"
+                    )));
                 }
                 let mid = get(v, &["payload", "messageId"]).as_str().ok_or_else(bad)?;
                 // Each delivery carries its message's id; a copy per recipient is expected.
@@ -568,25 +592,44 @@ impl Checker {
                 }
                 get(v, &["payload", "timestamp"]).as_str().ok_or_else(bad)?;
                 deliveries.entry(id).or_default().push(i);
-                let _ = from;
+                if let Some(sent) = self.sent.iter().find(|s| s.id == id) {
+                    let sender = self.conns[sent.from].user;
+                    if from != sender {
+                        return Err(Violation::Misrouted(format!(
+                            "message {id} of user {sender} arrived as from user {from}"
+                        )));
+                    }
+                }
             }
             "server_ack" => {
-                let pid = get(v, &["payload", "acknowledgedPid"]).as_str().ok_or_else(bad)?;
-                replies.entry(pid.to_owned()).or_default().push((i, v.clone()));
+                let pid = get(v, &["payload", "acknowledgedPid"])
+                    .as_str()
+                    .ok_or_else(bad)?;
+                replies
+                    .entry(pid.to_owned())
+                    .or_default()
+                    .push((i, v.clone()));
             }
             "error_notification" => {
                 let code = get(v, &["error", "code"]).as_u64().ok_or_else(bad)?;
                 match get(v, &["error", "originalPid"]).as_str() {
-                    Some(pid) => replies.entry(pid.to_owned()).or_default().push((i, v.clone())),
-                    None if code == 404 => {
-                        replies.entry(format!("404@{i}")).or_default().push((i, v.clone()))
-                    }
+                    Some(pid) => replies
+                        .entry(pid.to_owned())
+                        .or_default()
+                        .push((i, v.clone())),
+                    None if code == 404 => replies
+                        .entry(format!("404@{i}"))
+                        .or_default()
+                        .push((i, v.clone())),
                     None => return Err(Violation::Reply(format!("conn {i}: {text}"))),
                 }
             }
             "generic_response" => {
                 let pid = v["pid"].as_str().ok_or_else(bad)?;
-                replies.entry(pid.to_owned()).or_default().push((i, v.clone()));
+                replies
+                    .entry(pid.to_owned())
+                    .or_default()
+                    .push((i, v.clone()));
             }
             "presence_event" => {
                 self.stats.presence_events += 1;
@@ -613,7 +656,9 @@ impl Checker {
                             return Err(Violation::Presence(format!("unknown status: {text}")));
                         };
                         if u.user != user || u.status != s {
-                            return Err(Violation::Presence(format!("status of another user: {text}")));
+                            return Err(Violation::Presence(format!(
+                                "status of another user: {text}"
+                            )));
                         }
                         if let Some(t) = u.target {
                             if t != me {
@@ -623,7 +668,9 @@ impl Checker {
                             }
                         }
                         if !self.seen_updates.insert((i, id)) {
-                            return Err(Violation::Presence(format!("conn {i} saw update {id} twice")));
+                            return Err(Violation::Presence(format!(
+                                "conn {i} saw update {id} twice"
+                            )));
                         }
                         if u.target.is_some() {
                             // Targeted: not part of the public online/offline sequence.
@@ -672,7 +719,9 @@ impl Checker {
             Kind::P2p { to } => (
                 (0..self.conns.len())
                     .filter(|&i| {
-                        self.conns[i].user == to && at(i) == Some(St::Open) && self.conns[i].st == St::Open
+                        self.conns[i].user == to
+                            && at(i) == Some(St::Open)
+                            && self.conns[i].st == St::Open
                     })
                     .collect(),
                 (0..self.conns.len())
@@ -681,7 +730,9 @@ impl Checker {
             ),
             Kind::Broadcast => (
                 (0..self.conns.len())
-                    .filter(|&i| i != s.from && at(i) == Some(St::Open) && self.conns[i].st == St::Open)
+                    .filter(|&i| {
+                        i != s.from && at(i) == Some(St::Open) && self.conns[i].st == St::Open
+                    })
                     .collect(),
                 (0..self.conns.len())
                     .filter(|&i| i != s.from && self.reachable(i))
@@ -739,7 +790,10 @@ impl Checker {
             }
         };
         if mine.iter().any(|(i, _)| *i != s.from) {
-            return Err(Violation::Misrouted(format!("reply to {:?} went elsewhere: {mine:?}", s.pid)));
+            return Err(Violation::Misrouted(format!(
+                "reply to {:?} went elsewhere: {mine:?}",
+                s.pid
+            )));
         }
         if mine.len() > 1 || (stays && mine.is_empty()) {
             return Err(Violation::Reply(format!(
@@ -762,10 +816,16 @@ impl Checker {
                     return Err(Violation::Reply(format!("P2P {}: {reply}", s.id)));
                 }
                 if acked && got.is_empty() {
-                    return Err(Violation::Delivery(format!("P2P {} acked but delivered nowhere", s.id)));
+                    return Err(Violation::Delivery(format!(
+                        "P2P {} acked but delivered nowhere",
+                        s.id
+                    )));
                 }
                 if offline && !got.is_empty() {
-                    return Err(Violation::Reply(format!("P2P {} got 404 but was delivered", s.id)));
+                    return Err(Violation::Reply(format!(
+                        "P2P {} got 404 but was delivered",
+                        s.id
+                    )));
                 }
                 if offline && !definite.is_empty() {
                     return Err(Violation::Reply(format!(
@@ -774,7 +834,10 @@ impl Checker {
                     )));
                 }
                 if acked && reachable.is_empty() {
-                    return Err(Violation::Reply(format!("P2P {} acked to an offline user", s.id)));
+                    return Err(Violation::Reply(format!(
+                        "P2P {} acked to an offline user",
+                        s.id
+                    )));
                 }
             }
             Kind::Broadcast | Kind::Presence => {
@@ -795,9 +858,11 @@ impl Checker {
         for u in users {
             let id = u["userId"].as_u64().unwrap_or(0);
             if !listed.insert(id) || u["username"].as_str() != Some(&format!("u{id}")) {
-                return Err(Violation::Presence(format!("bad get_presence entry: {reply}")));
+                return Err(Violation::Presence(format!(
+                    "bad get_presence entry: {reply}"
+                )));
             }
-            let quiet = self.window_is_quiet();
+            let quiet = self.quiet;
             if let (true, Some(Some(want))) = (quiet, self.status.get(&id)) {
                 if u["status"].as_str() != Some(want) {
                     return Err(Violation::Presence(format!(
@@ -813,11 +878,13 @@ impl Checker {
                     && s.snapshot.get(i) == Some(&St::Open)
                     && self.conns[i].st == St::Open
             });
-            let maybe_on = (0..self.conns.len())
-                .any(|i| self.conns[i].user == user && self.reachable(i));
+            let maybe_on =
+                (0..self.conns.len()).any(|i| self.conns[i].user == user && self.reachable(i));
             let has = listed.contains(&user);
             if certainly_on && !has {
-                return Err(Violation::Presence(format!("get_presence misses online user {user}: {reply}")));
+                return Err(Violation::Presence(format!(
+                    "get_presence misses online user {user}: {reply}"
+                )));
             }
             if !maybe_on && has {
                 return Err(Violation::Presence(format!(
@@ -826,12 +893,6 @@ impl Checker {
             }
         }
         Ok(())
-    }
-
-    /// Whether nothing but this request happened between the last settle point and now,
-    /// after coalescing had settled (the final check): statuses are then exact.
-    fn window_is_quiet(&self) -> bool {
-        self.quiet
     }
 
     fn check_presence(&self, public_seen: &HashMap<(usize, u64), usize>) -> Result<(), Violation> {
@@ -877,7 +938,11 @@ impl Checker {
                 .filter(|(u, _)| *u == user)
                 .map(|(_, id)| *id)
                 .collect();
-            let old = self.status.get(&user).cloned().unwrap_or(Some("online".into()));
+            let old = self
+                .status
+                .get(&user)
+                .cloned()
+                .unwrap_or(Some("online".into()));
             let new = if !on {
                 Some("online".into())
             } else if let Some(last) = mine.last() {
