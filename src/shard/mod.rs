@@ -1508,6 +1508,14 @@ mod tests {
         }
     }
 
+    /// An idle connection is mostly this struct (ARCHITECTURE.md, memory per idle
+    /// connection); the in-memory transport variant costs it 8 bytes, no more.
+    #[test]
+    fn conn_stays_small() {
+        let size = std::mem::size_of::<super::Conn<crate::gateway::Session>>();
+        assert!(size <= 184, "size_of::<Conn<Session>>() = {size}");
+    }
+
     /// Data and FIN in one burst, both before the upgrade (the accept path reads after a
     /// short read stops) and on an open connection (the event reports the FIN with the data,
     /// so the read must go on to the EOF: no later edge would announce it).
