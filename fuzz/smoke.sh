@@ -29,6 +29,7 @@ dict_for() {
     frame_decoder) echo dicts/ws.dict ;;
     handshake) echo dicts/http.dict ;;
     envelope | token) echo dicts/json.dict ;;
+    routing) echo dicts/routing.dict ;;
     *) cat dicts/http.dict dicts/ws.dict dicts/json.dict >target/all.dict && echo target/all.dict ;;
   esac
 }

@@ -30,6 +30,8 @@ pub mod queue;
 pub mod ratelimit;
 pub mod server;
 pub mod shard;
+#[doc(hidden)]
+pub mod sim;
 pub mod timer;
 
 pub use config::Config;

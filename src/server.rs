@@ -78,7 +78,7 @@ impl Server {
                 shard_id,
                 shards,
                 poll,
-                listener,
+                listener: Some(listener),
                 links,
                 config: config.clone(),
                 shared: shared.clone(),

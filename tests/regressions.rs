@@ -386,3 +386,66 @@ fn repeated_envelope_key_among_many_keys_is_refused() {
     let text = format!(r#"{{"type":"t",{filler}"payload":{{}}}}"#);
     assert!(parse_client(&mut text.into_bytes(), &limits).is_ok());
 }
+
+/// Found by the routing simulation (`fuzz/fuzz_targets/routing.rs`): a targeted
+/// `presence_update` coalesced behind a public one replaced it, so the public status was
+/// never announced and every replica answered `get_presence` with the older status.
+#[test]
+fn targeted_presence_update_does_not_cancel_a_coalesced_public_one() {
+    use customws::sim::model::Setup;
+    use customws::sim::Sim;
+
+    // 2 shards, presence coalescing at 100 ms.
+    let setup = Setup::from_byte(0x10);
+    assert_eq!(setup.presence_interval, Duration::from_millis(100));
+    let mut sim = Sim::gateway(setup.config(), 2).expect("sim");
+    let alice = sim.connect_on(0, 2);
+    let bob = sim.connect_on(1, 3);
+    sim.run_until_idle();
+    sim.send_text(
+        alice,
+        r#"{"type":"presence_update","payload":{"status":"one"}}"#,
+    );
+    sim.run_until_idle();
+    sim.advance(Duration::from_millis(10));
+    // Both inside the interval: coalesced.
+    sim.send_text(
+        alice,
+        r#"{"type":"presence_update","payload":{"status":"two"}}"#,
+    );
+    sim.send_text(
+        alice,
+        r#"{"type":"presence_update","targetUserId":3,"payload":{"status":"dm"}}"#,
+    );
+    sim.run_until_idle();
+    sim.advance(Duration::from_millis(200));
+    sim.send_text(
+        bob,
+        r#"{"pid":"g","type":"generic_request","payload":{"action":"get_presence"}}"#,
+    );
+    sim.run_until_idle();
+    let got: Vec<serde_json::Value> = sim
+        .take_received(bob)
+        .iter()
+        .map(|t| serde_json::from_str(t).expect("json"))
+        .collect();
+    let statuses: Vec<&str> = got
+        .iter()
+        .filter(|v| v["type"] == "presence_event" && v["fromUserId"] == 2)
+        .filter_map(|v| v["payload"]["status"].as_str())
+        .collect();
+    assert!(
+        statuses.contains(&"two"),
+        "public update never announced: {statuses:?}"
+    );
+    assert!(
+        statuses.contains(&"dm"),
+        "targeted update lost: {statuses:?}"
+    );
+    let answer = got.last().expect("get_presence answer");
+    let alice_entry = answer["payload"]["users"]
+        .as_array()
+        .and_then(|users| users.iter().find(|u| u["userId"] == 2))
+        .expect("alice listed");
+    assert_eq!(alice_entry["status"], "two", "{answer}");
+}

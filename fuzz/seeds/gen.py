@@ -105,3 +105,61 @@ write("connection", "c_close", bytes([1, 0, 0, 0, 0]) + upgrade() + frame(0x88, 
 
 for i in range(6):
     write("token", f"t{i:02}", bytes(rng.getrandbits(8) for _ in range(64 + 32 * i)))
+
+
+# routing: customws::sim::model::decode. Setup byte (shards 2 + b % 3, ring capacity
+# [1, 2, 16, 1024][(b >> 2) & 3], coalescing [0, 100, 1000][(b >> 4) % 3] ms), then ops.
+def connect(user, shard):
+    return bytes([0, user - 1, shard])
+
+
+def disconnect(conn):
+    return bytes([1, conn])
+
+
+def p2p(frm, to, pid=True):
+    return bytes([2 if pid else 0x82, frm, to - 1])
+
+
+def broadcast(frm, pid=True):
+    return bytes([3 if pid else 0x83, frm])
+
+
+def presence(frm, to=None):
+    return bytes([4, frm, 0]) if to is None else bytes([0x84, frm, to - 1])
+
+
+def get_presence(frm):
+    return bytes([5, frm])
+
+
+def tick(ms):
+    return bytes([6, min(ms // 10, 255)])
+
+
+SETTLE = bytes([7, 0])
+
+routing = {
+    # One user on three shards' listeners, P2P to it, then its connections close one by one.
+    "r_multi_conn": bytes([1]) + connect(1, 0) + connect(2, 0) + connect(2, 1) + connect(2, 2)
+    + SETTLE + p2p(0, 2) + p2p(0, 2, False) + p2p(0, 7) + SETTLE + disconnect(1) + SETTLE
+    + get_presence(0) + disconnect(1) + SETTLE + get_presence(0) + disconnect(1) + SETTLE,
+    # One-slot rings: everything goes through the backlog.
+    "r_tiny_rings": bytes([0]) + b"".join(connect(u, u) for u in range(1, 7)) + SETTLE
+    + b"".join(broadcast(i) + p2p(i, i % 7 + 1) + presence(i) for i in range(12)) + SETTLE,
+    # Coalescing: public and targeted updates inside the interval, then time passes.
+    "r_coalesce": bytes([0x10 | 2]) + connect(1, 0) + connect(2, 1) + connect(3, 2) + SETTLE
+    + presence(0) + SETTLE + tick(10) + presence(0) + presence(0, 2) + presence(0)
+    + presence(0, 3) + SETTLE + tick(200) + get_presence(1) + SETTLE,
+    # Races: connect, send and disconnect inside one settle window.
+    "r_races": bytes([0x05]) + connect(1, 0) + connect(3, 1) + p2p(0, 3) + disconnect(1)
+    + connect(3, 2) + broadcast(0) + get_presence(0) + SETTLE + disconnect(0) + p2p(0, 1)
+    + SETTLE,
+    # Keepalive: long ticks with open connections (the simulated clients answer pings).
+    "r_keepalive": bytes([2]) + connect(4, 0) + connect(5, 1) + SETTLE + bytes([0x86, 200])
+    + bytes([0x86, 200]) + p2p(0, 5) + SETTLE,
+}
+for name, data in routing.items():
+    write("routing", name, data)
+for i in range(8):
+    write("routing", f"r_random{i}", bytes(rng.getrandbits(8) for _ in range(40 + 60 * i)))

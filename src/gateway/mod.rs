@@ -1117,7 +1117,11 @@ fn handle_presence_update<H: Handler>(
     if coalesce {
         // Latest wins: the queued emission will carry whatever is current then.
         let already = u.presence_pending.is_some();
-        u.presence_pending = Some(target);
+        let pending = u.presence_pending.get_or_insert_with(Default::default);
+        match target {
+            None => pending.public = true,
+            Some(t) => pending.target = Some(t),
+        }
         if !already {
             let wait = Duration::from_millis(due.unwrap_or(now_ms).wrapping_sub(now_ms) as u64);
             st.presence_due.push_back((now + wait, user));
@@ -1139,12 +1143,17 @@ fn flush_presence<H: Handler>(core: &mut Core<Gateway<H>>, st: &mut GatewayState
             break;
         }
         st.presence_due.pop_front();
-        let target = st
+        let pending = st
             .users
             .get_mut(UserId(user))
             .and_then(|u| u.presence_pending.take());
-        if let Some(target) = target {
-            announce_presence(core, st, user, target, now, false);
+        if let Some(pending) = pending {
+            if pending.public {
+                announce_presence(core, st, user, None, now, false);
+            }
+            if let Some(target) = pending.target {
+                announce_presence(core, st, user, Some(target), now, false);
+            }
         }
     }
 }

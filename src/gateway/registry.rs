@@ -38,8 +38,19 @@ pub struct LocalUser {
     pub since_ms: u64,
     /// When the last presence event was emitted (coalescing), ms since the shard epoch.
     pub last_presence_ms: Option<u32>,
-    /// A coalesced update waiting to be emitted, with its target (None = everyone).
-    pub presence_pending: Option<Option<u64>>,
+    /// Coalesced updates waiting to be emitted.
+    pub presence_pending: Option<PendingPresence>,
+}
+
+/// What a coalesced emission must announce. The public status and a targeted one are
+/// tracked apart: a targeted update must not cancel a public one still waiting (the
+/// replicas would keep the older status for good).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct PendingPresence {
+    /// The public status changed: announce it to everyone.
+    pub public: bool,
+    /// The latest targeted update's target.
+    pub target: Option<u64>,
 }
 
 /// Users homed on this shard.

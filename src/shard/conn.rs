@@ -1,9 +1,8 @@
 //! One connection's state as the shard keeps it.
 
-use mio::net::TcpStream;
-
 use crate::proto::codec::Decoder;
 use crate::shard::outbound::OutQueue;
+use crate::shard::transport::Transport;
 
 /// Where a connection is in its life.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -40,7 +39,7 @@ pub(crate) mod flag {
 /// One connection. Kept small: an idle connection is this struct, its slab slot and the
 /// kernel's socket, nothing else (no read buffer, no write buffer).
 pub(crate) struct Conn<S> {
-    pub stream: TcpStream,
+    pub stream: Transport,
     pub generation: u32,
     pub phase: Phase,
     pub flags: u8,

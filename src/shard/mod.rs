@@ -30,9 +30,11 @@ mod conn;
 mod key;
 pub(crate) mod listener;
 pub mod outbound;
+mod transport;
 
 pub use app::{Accept, App, Reject};
 pub use key::ConnKey;
+pub use transport::MemPipe;
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
@@ -41,7 +43,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Registry, Waker};
 use slab::Slab;
 
@@ -55,6 +57,7 @@ use crate::queue::ShardLinks;
 use crate::timer::TimerWheel;
 use conn::{flag, Conn, Phase};
 use key::{Generations, LISTENER_TOKEN, WAKER_TOKEN};
+use transport::Transport;
 
 /// Read buffer shared by all connections of a shard. Frames are decoded and unmasked in
 /// place here; a connection keeps only a partial header between reads.
@@ -128,7 +131,7 @@ enum Handshake<S> {
 
 /// A connection travelling to its home shard.
 pub struct Adoption<S> {
-    stream: TcpStream,
+    stream: Transport,
     session: S,
     inbuf: Vec<u8>,
     out: outbound::OutQueue,
@@ -435,9 +438,12 @@ pub fn encode_shared_text(payload: &[u8]) -> Bytes {
 /// One shard: the poll, the listener, the read buffer, the app and the core.
 pub struct Shard<A: App> {
     poll: Poll,
-    listener: TcpListener,
+    /// `None` in the simulation: connections are injected instead of accepted.
+    listener: Option<TcpListener>,
     read_buf: Box<[u8]>,
     accept_pending: bool,
+    /// Timer entries expired this turn (kept to reuse the allocation).
+    expired: Vec<TimerEntry>,
     drain_started: Option<Instant>,
     app: A,
     core: Core<A>,
@@ -448,7 +454,7 @@ pub(crate) struct ShardParts<A: App> {
     pub shard_id: usize,
     pub shards: usize,
     pub poll: Poll,
-    pub listener: TcpListener,
+    pub listener: Option<TcpListener>,
     pub links: ShardLinks<Cross<A>>,
     pub config: Arc<Config>,
     pub shared: Arc<Shared>,
@@ -457,6 +463,11 @@ pub(crate) struct ShardParts<A: App> {
 
 impl<A: App> Shard<A> {
     pub(crate) fn new(parts: ShardParts<A>, app: A) -> io::Result<Self> {
+        Self::new_at(parts, app, Instant::now())
+    }
+
+    /// A shard whose clock starts at `now` (the simulation passes its virtual clock).
+    pub(crate) fn new_at(parts: ShardParts<A>, app: A, now: Instant) -> io::Result<Self> {
         let ShardParts {
             shard_id,
             shards,
@@ -467,10 +478,11 @@ impl<A: App> Shard<A> {
             shared,
             metrics,
         } = parts;
-        poll.registry()
-            .register(&mut listener, LISTENER_TOKEN, Interest::READABLE)?;
+        if let Some(listener) = listener.as_mut() {
+            poll.registry()
+                .register(listener, LISTENER_TOKEN, Interest::READABLE)?;
+        }
         let registry = poll.registry().try_clone()?;
-        let now = Instant::now();
         let limits = DecoderLimits {
             max_message_size: config.max_message_size,
             max_fragments: config.max_fragments,
@@ -480,6 +492,7 @@ impl<A: App> Shard<A> {
             listener,
             read_buf: vec![0u8; READ_BUF_SIZE].into_boxed_slice(),
             accept_pending: false,
+            expired: Vec::new(),
             drain_started: None,
             app,
             core: Core {
@@ -510,13 +523,9 @@ impl<A: App> Shard<A> {
     /// closed or the drain timeout passes).
     pub(crate) fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
-        let mut expired = Vec::new();
         loop {
             // 1. poll
-            let busy = self.accept_pending
-                || !self.core.read_pending.is_empty()
-                || !self.core.backlog.is_empty()
-                || self.app.wants_turn();
+            let busy = self.busy();
             let timeout = if busy {
                 Some(Duration::ZERO)
             } else {
@@ -546,14 +555,8 @@ impl<A: App> Shard<A> {
                 // Idle (the poll timed out): give the spare output buffers back.
                 self.core.pool.trim();
             }
-            self.core.now = Instant::now();
-            self.core.metrics.inc(Metric::LoopTurns);
-
-            if self.core.shared.stop.load(Ordering::Acquire) {
+            if !self.begin_turn(Instant::now()) {
                 break;
-            }
-            if self.core.shared.draining.load(Ordering::Acquire) && self.drain_started.is_none() {
-                self.start_drain();
             }
 
             // 2-3. accept, read/decode
@@ -561,82 +564,126 @@ impl<A: App> Shard<A> {
                 match event.token() {
                     LISTENER_TOKEN => self.accept_pending = true,
                     WAKER_TOKEN => {}
-                    token => {
-                        let key = ConnKey::from_token(token);
-                        if event.is_writable() {
-                            if let Some(c) = self.core.conn_mut(key) {
-                                c.clear(flag::WRITE_BLOCKED);
-                                if !c.out.is_empty() && !c.has(flag::DIRTY) {
-                                    c.set(flag::DIRTY);
-                                    self.core.dirty.push(key);
-                                }
-                            }
-                        }
-                        if event.is_read_closed() || event.is_error() {
-                            // Read on to the EOF or the error: no later edge announces it.
-                            self.handle_readable(key, ReadUntil::WouldBlock);
-                        } else if event.is_readable() {
-                            self.handle_readable(key, ReadUntil::ShortRead);
-                        }
-                    }
+                    token => self.handle_event(
+                        ConnKey::from_token(token),
+                        event.is_writable(),
+                        event.is_readable(),
+                        event.is_read_closed() || event.is_error(),
+                    ),
                 }
             }
-            if self.accept_pending {
-                self.accept();
+            if !self.finish_turn() {
+                break;
             }
-            let pending = std::mem::take(&mut self.core.read_pending);
-            for key in pending {
-                if let Some(c) = self.core.conn_mut(key) {
-                    c.clear(flag::READ_PENDING);
-                    self.handle_readable(key, ReadUntil::ShortRead);
-                }
-            }
-            self.reap();
+        }
+        self.close_all();
+        Ok(())
+    }
 
-            // 4. cross-shard queues
-            self.core.retry_backlog();
-            self.drain_cross_shard();
-            self.reap();
+    /// Whether work is left over from the last turn (the next poll must not block).
+    fn busy(&self) -> bool {
+        self.accept_pending
+            || !self.core.read_pending.is_empty()
+            || !self.core.backlog.is_empty()
+            || self.app.wants_turn()
+    }
 
-            // 5. timers
-            self.core.timers.advance(self.core.now, &mut expired);
-            for entry in expired.drain(..) {
-                self.handle_timer(entry);
-            }
-            self.reap();
+    /// Starts a turn at `now` (read once, after the poll). Returns false when the shard must
+    /// stop.
+    fn begin_turn(&mut self, now: Instant) -> bool {
+        self.core.now = now;
+        self.core.metrics.inc(Metric::LoopTurns);
+        if self.core.shared.stop.load(Ordering::Acquire) {
+            return false;
+        }
+        if self.core.shared.draining.load(Ordering::Acquire) && self.drain_started.is_none() {
+            self.start_drain();
+        }
+        true
+    }
 
-            // 6. turn end
-            self.app.on_turn_end(&mut self.core);
-
-            // 7. flush
-            self.flush_dirty();
-            self.reap();
-            self.core.links.flush_wakeups();
-            for to in 0..self.core.shards {
-                if to != self.core.shard_id {
-                    self.core
-                        .metrics
-                        .set_queue_depth(to, self.core.links.depth(to));
-                }
-            }
-            self.core
-                .metrics
-                .set(Metric::Connections, self.core.open as u64);
-
-            if let Some(started) = self.drain_started {
-                let open = self
-                    .core
-                    .conns
-                    .iter()
-                    .any(|(_, c)| matches!(c.phase, Phase::Open | Phase::Closing));
-                if !open || self.core.now.duration_since(started) >= self.core.config.drain_timeout
-                {
-                    break;
+    /// One readiness event for a connection (phase 3).
+    fn handle_event(&mut self, key: ConnKey, writable: bool, readable: bool, closed: bool) {
+        if writable {
+            if let Some(c) = self.core.conn_mut(key) {
+                c.clear(flag::WRITE_BLOCKED);
+                if !c.out.is_empty() && !c.has(flag::DIRTY) {
+                    c.set(flag::DIRTY);
+                    self.core.dirty.push(key);
                 }
             }
         }
-        // Leaving: every remaining connection is dropped (the process is exiting or the
-        // drain timeout passed).
+        if closed {
+            // Read on to the EOF or the error: no later edge announces it.
+            self.handle_readable(key, ReadUntil::WouldBlock);
+        } else if readable {
+            self.handle_readable(key, ReadUntil::ShortRead);
+        }
+    }
+
+    /// The rest of a turn after the readiness events: phases 2–7. Returns false when a
+    /// drain is complete and the shard must stop.
+    fn finish_turn(&mut self) -> bool {
+        if self.accept_pending {
+            self.accept();
+        }
+        let pending = std::mem::take(&mut self.core.read_pending);
+        for key in pending {
+            if let Some(c) = self.core.conn_mut(key) {
+                c.clear(flag::READ_PENDING);
+                self.handle_readable(key, ReadUntil::ShortRead);
+            }
+        }
+        self.reap();
+
+        // 4. cross-shard queues
+        self.core.retry_backlog();
+        self.drain_cross_shard();
+        self.reap();
+
+        // 5. timers
+        let mut expired = std::mem::take(&mut self.expired);
+        self.core.timers.advance(self.core.now, &mut expired);
+        for entry in expired.drain(..) {
+            self.handle_timer(entry);
+        }
+        self.expired = expired;
+        self.reap();
+
+        // 6. turn end
+        self.app.on_turn_end(&mut self.core);
+
+        // 7. flush
+        self.flush_dirty();
+        self.reap();
+        self.core.links.flush_wakeups();
+        for to in 0..self.core.shards {
+            if to != self.core.shard_id {
+                self.core
+                    .metrics
+                    .set_queue_depth(to, self.core.links.depth(to));
+            }
+        }
+        self.core
+            .metrics
+            .set(Metric::Connections, self.core.open as u64);
+
+        if let Some(started) = self.drain_started {
+            let open = self
+                .core
+                .conns
+                .iter()
+                .any(|(_, c)| matches!(c.phase, Phase::Open | Phase::Closing));
+            if !open || self.core.now.duration_since(started) >= self.core.config.drain_timeout {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Leaving: every remaining connection is dropped (the process is exiting or the drain
+    /// timeout passed).
+    fn close_all(&mut self) {
         let keys: Vec<ConnKey> = self
             .core
             .conns
@@ -647,7 +694,54 @@ impl<A: App> Shard<A> {
             self.core.doom(key);
         }
         self.reap();
-        Ok(())
+    }
+
+    /// One simulated turn at virtual time `now`: `accepted` are new in-memory connections
+    /// (as if accepted on this shard's listener), and every in-memory connection with an
+    /// unseen readable edge is read. Returns false when the shard would stop.
+    pub(crate) fn sim_turn(&mut self, now: Instant, accepted: Vec<MemPipe>) -> bool {
+        if !self.begin_turn(now) {
+            return false;
+        }
+        let mut readable = Vec::new();
+        for (idx, c) in self.core.conns.iter() {
+            if let Some(pipe) = c.stream.mem() {
+                if pipe.take_readable() {
+                    readable.push((ConnKey::new(idx, c.generation), pipe.client_closed()));
+                }
+            }
+        }
+        for (key, closed) in readable {
+            self.handle_event(key, false, true, closed);
+        }
+        for pipe in accepted {
+            // In-memory registration cannot fail.
+            let _ = self.register_new(Transport::Mem(pipe.server_end()));
+        }
+        self.finish_turn()
+    }
+
+    /// Whether a simulated turn now would do nothing: no input waiting, empty inbound
+    /// queues, no backlog, no batch, no timer due.
+    pub(crate) fn sim_idle(&self) -> bool {
+        !self.busy()
+            && self.core.links.inbound_is_empty()
+            && self.core.dirty.is_empty()
+            && self
+                .core
+                .timers
+                .next_expiration()
+                .is_none_or(|t| t > self.core.now)
+            && !self
+                .core
+                .conns
+                .iter()
+                .any(|(_, c)| c.stream.mem().is_some_and(MemPipe::readable_pending))
+    }
+
+    /// The earliest timer deadline (the simulator jumps its clock there).
+    pub(crate) fn next_timer(&self) -> Option<Instant> {
+        self.core.timers.next_expiration()
     }
 
     fn start_drain(&mut self) {
@@ -664,9 +758,13 @@ impl<A: App> Shard<A> {
 
     fn accept(&mut self) {
         for _ in 0..ACCEPT_BUDGET_PER_TURN {
-            match self.listener.accept() {
+            let Some(listener) = self.listener.as_ref() else {
+                self.accept_pending = false;
+                return;
+            };
+            match listener.accept() {
                 Ok((stream, _addr)) => {
-                    if let Err(e) = self.register_new(stream) {
+                    if let Err(e) = self.register_new(Transport::Tcp(stream)) {
                         tracing::debug!(error = %e, "registering an accepted socket failed");
                         self.core.metrics.inc(Metric::IoErrors);
                     }
@@ -690,17 +788,13 @@ impl<A: App> Shard<A> {
         self.accept_pending = true;
     }
 
-    fn register_new(&mut self, mut stream: TcpStream) -> io::Result<()> {
-        stream.set_nodelay(true)?;
+    fn register_new(&mut self, mut stream: Transport) -> io::Result<()> {
+        stream.set_nodelay()?;
         let core = &mut self.core;
         let generation = core.generations.next();
         let entry = core.conns.vacant_entry();
         let key = ConnKey::new(entry.key(), generation);
-        core.registry.register(
-            &mut stream,
-            key.token(),
-            Interest::READABLE | Interest::WRITABLE,
-        )?;
+        stream.register(&core.registry, key.token())?;
         let now_ms = core.now.duration_since(core.epoch).as_millis() as u32;
         entry.insert(Conn {
             stream,
@@ -985,7 +1079,7 @@ impl<A: App> Shard<A> {
                 if conn.has(flag::DIRTY) {
                     self.core.dirty.retain(|k| *k != key);
                 }
-                let _ = self.core.registry.deregister(&mut conn.stream);
+                conn.stream.deregister(&self.core.registry);
                 let adoption = Adoption {
                     stream: conn.stream,
                     session: conn.session,
@@ -1023,15 +1117,7 @@ impl<A: App> Shard<A> {
         let generation = core.generations.next();
         let entry = core.conns.vacant_entry();
         let key = ConnKey::new(entry.key(), generation);
-        if core
-            .registry
-            .register(
-                &mut stream,
-                key.token(),
-                Interest::READABLE | Interest::WRITABLE,
-            )
-            .is_err()
-        {
+        if stream.register(&core.registry, key.token()).is_err() {
             core.metrics.inc(Metric::IoErrors);
             core.shared.open_connections.fetch_sub(1, Ordering::AcqRel);
             return;
@@ -1309,7 +1395,7 @@ impl<A: App> Shard<A> {
                     if c.has(flag::DROP_AFTER_FLUSH) {
                         if c.phase == Phase::HttpResponse {
                             // Half-close so the client reads the response before EOF.
-                            let _ = c.stream.shutdown(std::net::Shutdown::Write);
+                            c.stream.shutdown_write();
                         }
                         self.core.doom(key);
                     }
@@ -1345,7 +1431,7 @@ impl<A: App> Shard<A> {
                 continue;
             }
             let mut conn = self.core.conns.remove(key.index());
-            let _ = self.core.registry.deregister(&mut conn.stream);
+            conn.stream.deregister(&self.core.registry);
             let was_open = matches!(conn.phase, Phase::Open | Phase::Closing);
             if was_open {
                 self.core.open -= 1;
@@ -1425,6 +1511,14 @@ mod tests {
                 Err(_) => {}
             }
         }
+    }
+
+    /// An idle connection is mostly this struct (ARCHITECTURE.md, memory per idle
+    /// connection); the in-memory transport variant costs it 8 bytes, no more.
+    #[test]
+    fn conn_stays_small() {
+        let size = std::mem::size_of::<super::Conn<crate::gateway::Session>>();
+        assert!(size <= 184, "size_of::<Conn<Session>>() = {size}");
     }
 
     /// Data and FIN in one burst, both before the upgrade (the accept path reads after a
