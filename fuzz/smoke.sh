@@ -30,6 +30,7 @@ dict_for() {
     handshake) echo dicts/http.dict ;;
     envelope | token) echo dicts/json.dict ;;
     routing) echo dicts/routing.dict ;;
+    cluster_wire) echo dicts/cluster.dict ;;
     *) cat dicts/http.dict dicts/ws.dict dicts/json.dict >target/all.dict && echo target/all.dict ;;
   esac
 }

@@ -212,6 +212,38 @@ pub fn write_bye(out: &mut Vec<u8>, node: &str, incarnation: u64) {
     out.extend_from_slice(&incarnation.to_le_bytes());
 }
 
+/// Appends any message (the inverse of [`decode`], used by tests and the fuzz target).
+pub fn encode(out: &mut Vec<u8>, env: &Envelope) {
+    let node = &*env.node;
+    match &env.message {
+        Message::Deliver { to, payload } => write_deliver(out, node, *to, payload),
+        Message::Broadcast { payload } => write_broadcast(out, node, payload),
+        Message::Presence {
+            incarnation,
+            seq,
+            changes,
+        } => write_presence(out, node, *incarnation, *seq, changes),
+        Message::Snapshot {
+            incarnation,
+            seq,
+            users,
+        } => write_snapshot(
+            out,
+            node,
+            *incarnation,
+            *seq,
+            users.iter().map(|(u, r)| (*u, r)),
+        ),
+        Message::Heartbeat {
+            incarnation,
+            seq,
+            interval_ms,
+        } => write_heartbeat(out, node, *incarnation, *seq, *interval_ms),
+        Message::SyncRequest { target } => write_sync_request(out, node, target),
+        Message::Bye { incarnation } => write_bye(out, node, *incarnation),
+    }
+}
+
 /// A bounds-checked reader over one message.
 struct Reader<'a> {
     buf: &'a [u8],
