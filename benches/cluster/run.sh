@@ -83,7 +83,7 @@ metric() {  # metric ADMIN_PORT NAME: sum over its samples (every shard), 0 when
 }
 total_connections() {
     local sum=0 v
-    for a in "${ADMIN_PORTS[@]}"; do v=$(metric "$a" customws_connections); sum=$(( sum + ${v%.*} )); done
+    for a in "${ADMIN_PORTS[@]}"; do v=$(metric "$a" customws_connections); sum=$(( sum + v )); done
     echo "$sum"
 }
 wait_healthy() {  # wait_healthy ADMIN_PORT
@@ -106,11 +106,45 @@ start_node() {  # start_node NAME [cluster flags...]
     wait_healthy "$aport"
 }
 stop_nodes() {
-    for p in "${NODE_PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+    for p in "${NODE_PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    for p in "${NODE_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
     NODE_PIDS=(); NODE_PORTS=(); ADMIN_PORTS=()
 }
 targets() { local IFS=,; local t=(); for p in "${NODE_PORTS[@]}"; do t+=("127.0.0.1:$p"); done; echo "${t[*]}"; }
 node_pids() { local IFS=,; echo "${NODE_PIDS[*]}"; }
+thread_cpu() {  # "thread-name ticks", summed over every node's threads of that name
+    for p in "${NODE_PIDS[@]}"; do
+        for t in /proc/"$p"/task/*; do
+            echo "$(cat "$t/comm" 2>/dev/null) $(awk '{ print $14 + $15 }' "$t/stat" 2>/dev/null)"
+        done
+    done | awk 'NF == 2 { s[$1] += $2 } END { for (k in s) print k, s[k] }' | sort
+}
+bridge_totals() {  # publishes batches received, summed over the nodes
+    local p=0 b=0 r=0
+    for a in "${ADMIN_PORTS[@]}"; do
+        p=$(( p + $(metric "$a" customws_cluster_publishes_total) ))
+        b=$(( b + $(metric "$a" customws_cluster_publish_batches_total) ))
+        r=$(( r + $(metric "$a" customws_cluster_received_total) ))
+    done
+    echo "$p $b $r"
+}
+cluster_p2p() {  # cluster_p2p NAME [extra bench flags]: a p2p run over all nodes, nothing held
+    local name=$1; shift
+    local t0 t1 m0 m1
+    t0=$(thread_cpu); m0=$(bridge_totals)
+    # shellcheck disable=SC2046
+    "$BENCH" $(p2p_args) --targets "$(targets)" --redis-pid "$REDIS_PID" --label "$name" "$@" \
+        | tee "$RESULTS/p2p-$name.txt"
+    tail -n1 "$RESULTS/p2p-$name.txt" >"$RESULTS/p2p-$name.json"
+    t1=$(thread_cpu); m1=$(bridge_totals)
+    {
+        echo "$name: node CPU by thread over the whole invocation (connect + warm-up + window + drain), ms:"
+        join <(echo "$t0") <(echo "$t1") | awk '{ printf "  %-18s %8d\n", $1, ($3 - $2) * 10 }'
+        echo "$m0 $m1" | awk '{ p = $4 - $1; b = $5 - $2; r = $6 - $3;
+            printf "  bridges: %d publishes in %d batches (%.1f per batch), %d messages received from Redis\n", p, b, (b ? p / b : 0), r }'
+    } | tee "$RESULTS/p2p-$name-threads.txt"
+    sleep 2   # offline events of those users
+}
 p2p_args() {
     echo p2p --users "$P2P_USERS" --in-flight "$IN_FLIGHT" --duration "$DURATION" --warmup 1 \
         --drain 3 --jwt-secret "$SECRET" --server-pid "$(node_pids)"
@@ -152,12 +186,9 @@ done
 log "nodes: pids $(node_pids), ports ${NODE_PORTS[*]}"
 sleep 2   # the nodes hear each other's heartbeats and snapshots
 
-log "2. cluster p2p, nothing else held"
-# shellcheck disable=SC2046
-"$BENCH" $(p2p_args) --targets "$(targets)" --redis-pid "$REDIS_PID" --user-offset 5000000 \
-    --source-first 200 --label cluster-idle | tee "$RESULTS/p2p-cluster-idle.txt"
-tail -n1 "$RESULTS/p2p-cluster-idle.txt" >"$RESULTS/p2p-cluster-idle.json"
-sleep 2   # offline events of those users
+log "2. cluster p2p, nothing else held (random targets, then cross-node targets only)"
+cluster_p2p cluster-idle --user-offset 5000000 --source-first 200
+cluster_p2p cluster-idle-cross --user-offset 6000000 --source-first 200 --cross-node-only
 
 # ---- 3. park the p2p users, then open CONNS held connections ------------------------------
 log "3. p2p users connect and wait"
@@ -206,17 +237,27 @@ CPU1=0; for p in "${NODE_PIDS[@]}"; do CPU1=$(( CPU1 + $(cpu_ticks "$p") )); don
 RCPU1=$(cpu_ticks "$REDIS_PID")
 log "   server CPU during the storm: $(( (CPU1 - CPU0) * 10 )) ms (sum of nodes), redis $(( (RCPU1 - RCPU0) * 10 )) ms"
 
-log "   letting presence traffic settle (10 s)"
-sleep 10
+log "   letting presence traffic settle (until the nodes use < 20% of a core, at most 120 s)"
+for _ in $(seq 1 120); do
+    Q0=0; for p in "${NODE_PIDS[@]}"; do Q0=$(( Q0 + $(cpu_ticks "$p") )); done
+    sleep 1
+    Q1=0; for p in "${NODE_PIDS[@]}"; do Q1=$(( Q1 + $(cpu_ticks "$p") )); done
+    [ $(( Q1 - Q0 )) -lt 20 ] && break
+done
+T2=$(date +%s.%N)
+CPU2=0; for p in "${NODE_PIDS[@]}"; do CPU2=$(( CPU2 + $(cpu_ticks "$p") )); done
+SLOW=0; for a in "${ADMIN_PORTS[@]}"; do SLOW=$(( SLOW + $(metric "$a" 'customws_closes_total{reason="slow_consumer"}') )); done
 {
 echo "held connections: $CONNECTED (+ $P2P_USERS parked p2p users) in $ELAPSED s"
 echo "upgrades/s: $(echo "$CONNECTED / $ELAPSED" | bc)"
 echo "server CPU during the storm: $(( (CPU1 - CPU0) * 10 )) ms (sum of nodes); per upgrade: $(echo "($CPU1 - $CPU0) * 10000 / $CONNECTED" | bc -l | cut -c1-6) µs"
 echo "redis CPU during the storm: $(( (RCPU1 - RCPU0) * 10 )) ms"
+echo "settled $(echo "$T2 - $T1" | bc -l | cut -c1-5) s after the last upgrade; node CPU from the first upgrade to settled: $(( (CPU2 - CPU0) * 10 )) ms = $(echo "($CPU2 - $CPU0) * 10000 / $CONNECTED" | bc -l | cut -c1-6) µs per connection (presence fan-out included)"
+echo "slow-consumer closes on the nodes: $SLOW"
 echo "node  pid  connections  RSS_before_KiB  RSS_after_KiB  bytes_per_conn  presence_events  bytes_out"
 for i in "${!NODE_PIDS[@]}"; do
     a=${ADMIN_PORTS[$i]}
-    c=$(metric "$a" customws_connections); c=${c%.*}
+    c=$(metric "$a" customws_connections)
     r=$(rss_kib "${NODE_PIDS[$i]}")
     echo "node$(( i + 1 )) ${NODE_PIDS[$i]} $c ${RSS0[$i]} $r $(( (r - RSS0[$i]) * 1024 / (c > 0 ? c : 1) )) $(metric "$a" customws_presence_events_total) $(metric "$a" customws_bytes_out_total)"
 done
@@ -236,8 +277,6 @@ while kill -0 "$P2P_PID" 2>/dev/null; do sleep 0.2; done
 wait "$P2P_PID" || true
 cat "$RESULTS/p2p-cluster-held.txt"
 tail -n1 "$RESULTS/p2p-cluster-held.txt" >"$RESULTS/p2p-cluster-held.json"
-CLOSED=0; for a in "${ADMIN_PORTS[@]}"; do v=$(metric "$a" 'customws_closes_total{reason="slow_consumer"}'); CLOSED=$(( CLOSED + ${v%.*} )); done
-echo "slow-consumer closes on the nodes: $CLOSED" | tee -a "$RESULTS/hold.txt"
 
 # ---- 5. teardown ------------------------------------------------------------------------------
 log "5. teardown"
@@ -246,22 +285,23 @@ kill -9 "$REDIS_PID" 2>/dev/null || true
 touch "$RESULTS/go-close"
 for p in "${HOLD_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
 for k in $(seq 0 $(( HOLD_PROCS - 1 ))); do
-    tail -n1 "$RESULTS/hold-$k.txt" | jq -c '{label, connected, connections, connect_failed, handshakes_per_s, connect_seconds, p99_ms: (.handshake_latency.p99_us/1000)}' 2>/dev/null \
+    tail -n1 "$RESULTS/hold-$k.txt" | jq -c '{label: .label, connected: .connected, connect_failed: .connect_failed, handshakes_per_s: .handshakes_per_s, connect_seconds: .connect_seconds, p50_ms: (.handshake_latency.p50_us/1000), p99_ms: (.handshake_latency.p99_us/1000)}' 2>/dev/null \
         || tail -n3 "$RESULTS/hold-$k.txt"
 done | tee "$RESULTS/hold-procs.txt"
 
 # ---- summary -------------------------------------------------------------------------------
-S=$RESULTS/p2p-single.json; C=$RESULTS/p2p-cluster-idle.json; H=$RESULTS/p2p-cluster-held.json
+S=$RESULTS/p2p-single.json; C=$RESULTS/p2p-cluster-idle.json; X=$RESULTS/p2p-cluster-idle-cross.json
+H=$RESULTS/p2p-cluster-held.json
 {
 echo
 echo "== summary ($RESULTS)"
 printf '%-28s %14s %14s %14s %10s %8s\n' run deliveries/s "nodes ns/del" "redis ns/del" cross lost
-for f in "$S" "$C" "$H"; do
+for f in "$S" "$C" "$X" "$H"; do
     jq -r '[.label, (.msgs_per_s|floor), (.server_cpu_ns_per_msg|floor), ((.redis_cpu_ns_per_msg // 0)|floor), ((.cross_node_fraction // 0)*1000|floor/10), .lost] | @tsv' "$f" \
         | awk -F'\t' '{ printf "%-28s %14s %14s %14s %9s%% %8s\n", $1, $2, $3, $4, $5, $6 }'
 done
 echo "ratios against the single node (cluster/single):"
-for f in "$C" "$H"; do
+for f in "$C" "$X" "$H"; do
     jq -r --slurpfile s "$S" '"  \(.label): deliveries/s \(.msgs_per_s / $s[0].msgs_per_s * 100 | floor / 100), CPU per delivery nodes \(.server_cpu_ns_per_msg / $s[0].server_cpu_ns_per_msg * 100 | floor / 100), nodes+redis \(((.server_cpu_ns_per_msg + .redis_cpu_ns_per_msg) / $s[0].server_cpu_ns_per_msg) * 100 | floor / 100)"' "$f"
 done
 } | tee "$RESULTS/summary.txt"

@@ -36,10 +36,10 @@ use serde_json::json;
 
 #[path = "customws-bench/client.rs"]
 mod client;
-#[path = "customws-bench/procfs.rs"]
-mod procfs;
 #[path = "customws-bench/multi.rs"]
 mod multi;
+#[path = "customws-bench/procfs.rs"]
+mod procfs;
 
 use client::{ConnSpec, Counts, Role};
 
@@ -112,6 +112,10 @@ struct Args {
     /// probability (n-1)/n). Overrides --addr.
     #[arg(long, value_delimiter = ',')]
     targets: Vec<String>,
+    /// p2p with several --targets: pick only targets served by another target than the
+    /// sender's (every delivery crosses nodes).
+    #[arg(long)]
+    cross_node_only: bool,
     /// Added to every user id (users offset+1 ..), so several load processes use disjoint users.
     #[arg(long, default_value_t = 0)]
     user_offset: u64,
@@ -157,6 +161,7 @@ pub struct Plan {
     /// Every target (at least `addr`); connection i goes to `targets[i % len]`.
     pub targets: Vec<SocketAddr>,
     pub user_offset: u64,
+    pub cross_node_only: bool,
     /// Users cycled over by the connections (0: one user per connection).
     pub cycle_users: u64,
     pub source_first: u8,
@@ -261,6 +266,7 @@ fn main() -> ExitCode {
 fn run(args: Args) -> Result<(), String> {
     let targets = multi::resolve_targets(&args.addr, &args.targets)?;
     let addr = targets[0];
+    let targets_len = targets.len();
     if args.mode != Mode::Echo && args.jwt_secret.is_none() {
         return Err("--jwt-secret is required for p2p, broadcast and hold".into());
     }
@@ -274,6 +280,7 @@ fn run(args: Args) -> Result<(), String> {
         addr,
         targets,
         user_offset: args.user_offset,
+        cross_node_only: args.cross_node_only && targets_len > 1,
         cycle_users: cycle_users(&args),
         source_first: args.source_first,
         path: args.path.clone(),

@@ -505,7 +505,7 @@ impl Worker<'_> {
         let me = self.plan.user_of(self.conns[i].index);
         loop {
             let t = self.plan.user_offset + 1 + self.next_rand() % users;
-            if t != me {
+            if t != me && (!self.plan.cross_node_only || self.crosses_targets(i, t)) {
                 return t;
             }
         }
@@ -681,7 +681,8 @@ fn connect(plan: &Plan, index: usize) -> io::Result<TcpStream> {
     if let SocketAddr::V4(v4) = addr {
         if v4.ip().is_loopback() && plan.source_ips > 0 {
             // source_ips is capped at 250; wrap within 1..=254.
-            let last = ((usize::from(plan.source_first) - 1 + index % plan.source_ips) % 254 + 1) as u8;
+            let last =
+                ((usize::from(plan.source_first) - 1 + index % plan.source_ips) % 254 + 1) as u8;
             let src = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, last), 0);
             socket.bind(&SocketAddr::V4(src).into())?;
         }
