@@ -119,6 +119,10 @@ thread_cpu() {  # "thread-name ticks", summed over every node's threads of that 
         done
     done | awk 'NF == 2 { s[$1] += $2 } END { for (k in s) print k, s[k] }' | sort
 }
+ctx_switches() {  # voluntary + involuntary context switches of every node thread
+    for p in "${NODE_PIDS[@]}"; do cat /proc/"$p"/task/*/status 2>/dev/null; done |
+        awk '/^(non)?voluntary_ctxt_switches:/ { s += $2 } END { printf "%d\n", s }'
+}
 bridge_totals() {  # publishes batches received, summed over the nodes
     local p=0 b=0 r=0
     for a in "${ADMIN_PORTS[@]}"; do
@@ -130,14 +134,16 @@ bridge_totals() {  # publishes batches received, summed over the nodes
 }
 cluster_p2p() {  # cluster_p2p NAME [extra bench flags]: a p2p run over all nodes, nothing held
     local name=$1; shift
-    local t0 t1 m0 m1
-    t0=$(thread_cpu); m0=$(bridge_totals)
+    local t0 t1 m0 m1 c0 c1 redis=()
+    [ -n "$REDIS_PID" ] && redis=(--redis-pid "$REDIS_PID")
+    t0=$(thread_cpu); m0=$(bridge_totals); c0=$(ctx_switches)
     # shellcheck disable=SC2046
-    "$BENCH" $(p2p_args) --targets "$(targets)" --redis-pid "$REDIS_PID" --label "$name" "$@" \
+    "$BENCH" $(p2p_args) --targets "$(targets)" "${redis[@]}" --label "$name" "$@" \
         | tee "$RESULTS/p2p-$name.txt"
     tail -n1 "$RESULTS/p2p-$name.txt" >"$RESULTS/p2p-$name.json"
-    t1=$(thread_cpu); m1=$(bridge_totals)
+    t1=$(thread_cpu); m1=$(bridge_totals); c1=$(ctx_switches)
     {
+        jq -r --arg c "$(( c1 - c0 ))" '"  node context switches over the invocation: \($c) = \((($c|tonumber) / .delivered * 1000 | floor) / 1000) per delivery"' "$RESULTS/p2p-$name.json"
         echo "$name: node CPU by thread over the whole invocation (connect + warm-up + window + drain), ms:"
         join <(echo "$t0") <(echo "$t1") | awk '{ printf "  %-18s %8d\n", $1, ($3 - $2) * 10 }'
         echo "$m0 $m1" | awk '{ p = $4 - $1; b = $5 - $2; r = $6 - $3;
@@ -161,10 +167,7 @@ echo "NODES=$NODES CONNS=$CONNS HOLD_PROCS=$HOLD_PROCS HOLD_USERS=$HOLD_USERS P2
 # ---- 1. single node, no Redis -----------------------------------------------------------
 log "1. single node: p2p $P2P_USERS users"
 start_node single
-# shellcheck disable=SC2046
-"$BENCH" $(p2p_args) --addr "127.0.0.1:${NODE_PORTS[0]}" --label single-node \
-    | tee "$RESULTS/p2p-single.txt"
-tail -n1 "$RESULTS/p2p-single.txt" >"$RESULTS/p2p-single.json"
+cluster_p2p single
 stop_nodes
 
 # ---- 2. Redis + NODES nodes ---------------------------------------------------------------
@@ -185,6 +188,11 @@ for k in $(seq 1 "$NODES"); do
 done
 log "nodes: pids $(node_pids), ports ${NODE_PORTS[*]}"
 sleep 2   # the nodes hear each other's heartbeats and snapshots
+if [ "${HOLD:-1}" = 0 ]; then   # HOLD=0: only the runs without held connections
+    cluster_p2p cluster-idle --user-offset 5000000 --source-first 200
+    cluster_p2p cluster-idle-cross --user-offset 6000000 --source-first 200 --cross-node-only
+    exit 0
+fi
 
 log "2. cluster p2p, nothing else held (random targets, then cross-node targets only)"
 cluster_p2p cluster-idle --user-offset 5000000 --source-first 200
