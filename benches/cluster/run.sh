@@ -74,6 +74,7 @@ free_port() {
         if ! ss -Hltn "sport = :$p" | grep -q .; then USED_PORTS="$USED_PORTS$p "; echo "$p"; return; fi
     done
 }
+listen_overflows() { nstat -saz TcpExtListenOverflows 2>/dev/null | awk '$1 == "TcpExtListenOverflows" { print $2; f = 1 } END { if (!f) print 0 }'; }
 log() { echo "[$(date -u +%H:%M:%S)] $*"; }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }       # 10 ms ticks
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
@@ -218,6 +219,7 @@ for i in "${!NODE_PIDS[@]}"; do RSS0[$i]=$(rss_kib "${NODE_PIDS[$i]}"); done
 CPU0=0; for p in "${NODE_PIDS[@]}"; do CPU0=$(( CPU0 + $(cpu_ticks "$p") )); done
 RCPU0=$(cpu_ticks "$REDIS_PID")
 log "3. $HOLD_PROCS hold processes x $PER_PROC connections ($HOLD_USERS users each)"
+OVF0=$(listen_overflows)
 T0=$(date +%s.%N)
 HOLD_PIDS=()
 for k in $(seq 0 $(( HOLD_PROCS - 1 ))); do
@@ -228,16 +230,16 @@ for k in $(seq 0 $(( HOLD_PROCS - 1 ))); do
     HOLD_PIDS+=("$!"); PIDS+=("$!")
 done
 TARGET=$(( P2P_USERS + PER_PROC * HOLD_PROCS ))
-LAST=0; STALL=0
+LAST=0; STALL=0; T1=$T0
 while :; do
     N=$(total_connections)
+    if [ "$N" -gt "$LAST" ]; then T1=$(date +%s.%N); STALL=0; else STALL=$(( STALL + 1 )); fi
     if [ "$N" -ge "$TARGET" ]; then break; fi
-    if [ "$N" -le "$LAST" ]; then STALL=$(( STALL + 1 )); else STALL=0; fi
     [ "$STALL" -ge 60 ] && { log "   no progress for 30 s at $N connections"; break; }
     LAST=$N
     sleep 0.5
 done
-T1=$(date +%s.%N)
+OVF1=$(listen_overflows)
 CONNECTED=$(( $(total_connections) - P2P_USERS ))
 ELAPSED=$(echo "$T1 - $T0" | bc -l)
 log "   $CONNECTED held connections open after ${ELAPSED} s = $(echo "$CONNECTED / $ELAPSED" | bc) upgrades/s"
@@ -260,6 +262,7 @@ echo "held connections: $CONNECTED (+ $P2P_USERS parked p2p users) in $ELAPSED s
 echo "upgrades/s: $(echo "$CONNECTED / $ELAPSED" | bc)"
 echo "server CPU during the storm: $(( (CPU1 - CPU0) * 10 )) ms (sum of nodes); per upgrade: $(echo "($CPU1 - $CPU0) * 10000 / $CONNECTED" | bc -l | cut -c1-6) µs"
 echo "redis CPU during the storm: $(( (RCPU1 - RCPU0) * 10 )) ms"
+echo "listen queue overflows during the storm (TcpExtListenOverflows, whole machine): $(( OVF1 - OVF0 ))"
 echo "settled $(echo "$T2 - $T1" | bc -l | cut -c1-5) s after the last upgrade; node CPU from the first upgrade to settled: $(( (CPU2 - CPU0) * 10 )) ms = $(echo "($CPU2 - $CPU0) * 10000 / $CONNECTED" | bc -l | cut -c1-6) µs per connection (presence fan-out included)"
 echo "slow-consumer closes on the nodes: $SLOW"
 echo "node  pid  connections  RSS_before_KiB  RSS_after_KiB  bytes_per_conn  presence_events  bytes_out"
@@ -270,11 +273,14 @@ for i in "${!NODE_PIDS[@]}"; do
     echo "node$(( i + 1 )) ${NODE_PIDS[$i]} $c ${RSS0[$i]} $r $(( (r - RSS0[$i]) * 1024 / (c > 0 ? c : 1) )) $(metric "$a" customws_presence_events_total) $(metric "$a" customws_bytes_out_total)"
 done
 echo "redis RSS: $(rss_kib "$REDIS_PID") KiB"
-# Idle cost of holding everything (pings every 25 s, presence heartbeats every 1 s).
-I0=0; for p in "${NODE_PIDS[@]}"; do I0=$(( I0 + $(cpu_ticks "$p") )); done; IR0=$(cpu_ticks "$REDIS_PID")
-sleep 5
-I1=0; for p in "${NODE_PIDS[@]}"; do I1=$(( I1 + $(cpu_ticks "$p") )); done; IR1=$(cpu_ticks "$REDIS_PID")
-echo "idle CPU while holding (5 s): nodes $(( (I1 - I0) * 2 ))% of one core (sum), redis $(( (IR1 - IR0) * 2 ))%"
+# Idle cost of holding everything (pings every 25 s, presence heartbeats every 1 s), twice.
+for round in 1 2; do
+    I0=$(thread_cpu); IR0=$(cpu_ticks "$REDIS_PID")
+    sleep 5
+    I1=$(thread_cpu); IR1=$(cpu_ticks "$REDIS_PID")
+    echo "idle CPU while holding, 5 s window $round, % of one core: redis $(( (IR1 - IR0) * 2 ))%, nodes by thread:" \
+        "$(join <(echo "$I0") <(echo "$I1") | awk '$3 > $2 { printf "%s %d%%  ", $1, ($3 - $2) * 2 }')"
+done
 } | tee "$RESULTS/hold.txt"
 
 # ---- 4. cross-node p2p with everything held ------------------------------------------------

@@ -564,6 +564,9 @@ impl Worker<'_> {
             return;
         }
         if c.state == State::Upgrading {
+            if self.counts.connect_failed == 0 {
+                eprintln!("connection lost during the upgrade (by the server: {by_peer})");
+            }
             self.upgrading = self.upgrading.saturating_sub(1);
             self.counts.connect_failed += 1;
         } else if by_peer {
