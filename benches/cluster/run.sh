@@ -6,7 +6,8 @@
 #
 # Phases (all JSON lines go to $RESULTS):
 #   1. single node (no Redis): p2p, P2P_USERS users, the reference figure;
-#   2. redis-server + NODES nodes (--shards 1 each); p2p over all nodes, nothing else held;
+#   2. redis-server + NODES nodes (--shards 1 each); p2p over all nodes, nothing else held,
+#      with random targets ((n-1)/n cross nodes) and with --cross-node-only (HOLD=0 stops here);
 #   3. p2p users connected and parked (--wait-file), then HOLD_PROCS hold processes open
 #      CONNS connections over all nodes; handshakes/s, RSS per connection per node, idle CPU;
 #   4. the parked p2p users run their window while CONNS connections are held;
@@ -16,7 +17,7 @@
 # Usage: benches/cluster/run.sh [--skip-build]
 # Environment (defaults): NODES=6 CONNS=102000 HOLD_PROCS=6 HOLD_USERS=1001 (users per hold
 #   process; connections cycle over them) P2P_USERS=1000 IN_FLIGHT=16 DURATION=5 RESULTS=dir
-# Needs: redis-server >= 7, curl, jq, ss.
+# Needs: redis-server >= 7 (and redis-cli), curl, jq, ss, bc, nstat (iproute2).
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -39,7 +40,7 @@ RESULTS=${RESULTS:-$ROOT/target/cluster/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$RESULTS"
 SECRET=cluster-bench-secret-0123456789abcdef0123
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-for tool in redis-server curl jq ss; do
+for tool in redis-server redis-cli curl jq ss bc nstat; do
     command -v "$tool" >/dev/null || { echo "run.sh needs $tool" >&2; exit 2; }
 done
 if [ "$BUILD" = 1 ]; then
@@ -274,12 +275,14 @@ for i in "${!NODE_PIDS[@]}"; do
 done
 echo "redis RSS: $(rss_kib "$REDIS_PID") KiB"
 # Idle cost of holding everything (pings every 25 s, presence heartbeats every 1 s), twice.
-for round in 1 2; do
-    I0=$(thread_cpu); IR0=$(cpu_ticks "$REDIS_PID")
+bytes_out() { local b=0; for a in "${ADMIN_PORTS[@]}"; do b=$(( b + $(metric "$a" customws_bytes_out_total) )); done; echo "$b"; }
+for round in 1 2 3; do
+    I0=$(thread_cpu); IR0=$(cpu_ticks "$REDIS_PID"); B0=$(bytes_out)
     sleep 5
-    I1=$(thread_cpu); IR1=$(cpu_ticks "$REDIS_PID")
+    I1=$(thread_cpu); IR1=$(cpu_ticks "$REDIS_PID"); B1=$(bytes_out)
     echo "idle CPU while holding, 5 s window $round, % of one core: redis $(( (IR1 - IR0) * 2 ))%, nodes by thread:" \
-        "$(join <(echo "$I0") <(echo "$I1") | awk '$3 > $2 { printf "%s %d%%  ", $1, ($3 - $2) * 2 }')"
+        "$(join <(echo "$I0") <(echo "$I1") | awk '$3 > $2 { printf "%s %d%%  ", $1, ($3 - $2) * 2 }')" \
+        "bytes written to clients: $(( (B1 - B0) / 5 / 1024 )) KiB/s"
 done
 } | tee "$RESULTS/hold.txt"
 
