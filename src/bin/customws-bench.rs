@@ -13,12 +13,17 @@
 //! - `hold`: open `--connections` idle authenticated connections as fast as possible;
 //!   handshakes/s and the server's RSS per connection.
 //!
+//! Several nodes (cluster mode): `--targets a,b,c` spreads connection `i` to target `i % n`;
+//! `--user-offset` and `--source-first` keep several load processes on disjoint users and
+//! source addresses; `--server-pid` (repeatable) sums the CPU of every node, `--redis-pid`
+//! is reported apart; `--wait-file` lines up several processes (see the flags).
+//!
 //! Every mode samples the server's CPU time (`--server-pid`, from `/proc/PID/stat`) across
 //! the measurement window and reports **server CPU ns per message**: on a 2-core machine the
 //! load generator competes with the server, and that figure stays honest. A human-readable
 //! summary goes first, then one JSON line.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -31,6 +36,8 @@ use serde_json::json;
 
 #[path = "customws-bench/client.rs"]
 mod client;
+#[path = "customws-bench/multi.rs"]
+mod multi;
 #[path = "customws-bench/procfs.rs"]
 mod procfs;
 
@@ -93,9 +100,42 @@ struct Args {
     /// HS256 secret for the tokens (`Authorization: Bearer`); required except for echo.
     #[arg(long, env = "CUSTOMWS_JWT_SECRET")]
     jwt_secret: Option<String>,
-    /// The server's process id: CPU time and RSS are read from /proc/PID.
+    /// The server's process id: CPU time and RSS are read from /proc/PID. Repeatable (or
+    /// comma-separated) for several nodes: their CPU times and RSS are summed.
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
+    /// A Redis (or other helper) process whose CPU is reported apart from the servers'.
     #[arg(long)]
-    server_pid: Option<u32>,
+    redis_pid: Option<u32>,
+    /// Several servers (cluster nodes), comma-separated: connection i goes to target
+    /// i % n (in p2p, user offset+1+i, so a random target is on another node with
+    /// probability (n-1)/n). Overrides --addr.
+    #[arg(long, value_delimiter = ',')]
+    targets: Vec<String>,
+    /// p2p with several --targets: pick only targets served by another target than the
+    /// sender's (every delivery crosses nodes).
+    #[arg(long)]
+    cross_node_only: bool,
+    /// Added to every user id (users offset+1 ..), so several load processes use disjoint users.
+    #[arg(long, default_value_t = 0)]
+    user_offset: u64,
+    /// hold: connection i belongs to user offset+1 + i % N (0: one user per connection).
+    /// Presence goes to everyone, so N users coming online cost ~N × open connections
+    /// presence events; a few connections per user keeps 100k connections affordable. The
+    /// server's --max-connections-per-user must allow connections/N per user.
+    #[arg(long, default_value_t = 0)]
+    hold_users: u64,
+    /// Last octet of the first source address (127.0.0.F .. 127.0.0.(F+source_ips-1)), so
+    /// several load processes use distinct source addresses.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=254))]
+    source_first: u8,
+    /// Seconds to wait for every connection to open (or fail).
+    #[arg(long, default_value_t = 60.0)]
+    connect_timeout: f64,
+    /// Once the connections are open, wait until this file exists (p2p/broadcast/echo: before
+    /// the warm-up; hold: before closing, after --hold-for). Lines up several processes.
+    #[arg(long)]
+    wait_file: Option<std::path::PathBuf>,
     /// Spread client sockets over 127.0.0.2 .. 127.0.0.(1+N) (0: let the kernel choose).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(0..=250))]
     source_ips: u16,
@@ -118,6 +158,13 @@ struct Args {
 pub struct Plan {
     pub mode: Mode,
     pub addr: SocketAddr,
+    /// Every target (at least `addr`); connection i goes to `targets[i % len]`.
+    pub targets: Vec<SocketAddr>,
+    pub user_offset: u64,
+    pub cross_node_only: bool,
+    /// Users cycled over by the connections (0: one user per connection).
+    pub cycle_users: u64,
+    pub source_first: u8,
     pub path: String,
     pub threads: usize,
     pub in_flight: u32,
@@ -131,9 +178,18 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Connection `index` belongs to user `index + 1` in every authenticated mode.
+    /// Connection `index` belongs to user `offset + index + 1` in every authenticated mode
+    /// (hold with --hold-users N: `offset + index % N + 1`).
     pub fn user_of(&self, index: usize) -> u64 {
-        index as u64 + 1
+        user_of(self.user_offset, self.cycle_users, index)
+    }
+
+    /// The server connection `index` talks to.
+    pub fn target_of(&self, index: usize) -> SocketAddr {
+        self.targets
+            .get(index % self.targets.len().max(1))
+            .copied()
+            .unwrap_or(self.addr)
     }
 }
 
@@ -177,6 +233,8 @@ pub struct Shared {
     pub errors: AtomicU64,
     pub connected: AtomicU64,
     pub connect_failed: AtomicU64,
+    /// p2p: window sends whose target is served by another target than the sender's.
+    pub cross_target: AtomicU64,
 }
 
 impl Shared {
@@ -206,12 +264,9 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), String> {
-    let addr = args
-        .addr
-        .to_socket_addrs()
-        .map_err(|e| format!("--addr {}: {e}", args.addr))?
-        .next()
-        .ok_or_else(|| format!("--addr {}: no address", args.addr))?;
+    let targets = multi::resolve_targets(&args.addr, &args.targets)?;
+    let addr = targets[0];
+    let targets_len = targets.len();
     if args.mode != Mode::Echo && args.jwt_secret.is_none() {
         return Err("--jwt-secret is required for p2p, broadcast and hold".into());
     }
@@ -223,6 +278,11 @@ fn run(args: Args) -> Result<(), String> {
     let plan = Arc::new(Plan {
         mode: args.mode,
         addr,
+        targets,
+        user_offset: args.user_offset,
+        cross_node_only: args.cross_node_only && targets_len > 1,
+        cycle_users: cycle_users(&args),
+        source_first: args.source_first,
         path: args.path.clone(),
         threads: args.threads,
         in_flight: args.in_flight.max(1),
@@ -243,6 +303,7 @@ fn run(args: Args) -> Result<(), String> {
         errors: AtomicU64::new(0),
         connected: AtomicU64::new(0),
         connect_failed: AtomicU64::new(0),
+        cross_target: AtomicU64::new(0),
     });
 
     let mut per_thread: Vec<Vec<ConnSpec>> = vec![Vec::new(); args.threads];
@@ -277,12 +338,13 @@ fn run(args: Args) -> Result<(), String> {
         thread::sleep(Duration::from_millis(2));
     }
 
-    let server_pid = args.server_pid;
-    let sample = || server_pid.and_then(procfs::sample);
+    let server_pids = args.server_pid.clone();
+    let sample = || procfs::sample_all(&server_pids);
+    let sample_redis = || args.redis_pid.and_then(procfs::sample);
     let before_connect = sample();
     let connect_start = Instant::now();
     shared.set_phase(Phase::Connect);
-    let connect_deadline = connect_start + Duration::from_secs(60);
+    let connect_deadline = connect_start + Duration::from_secs_f64(args.connect_timeout.max(1.0));
     loop {
         let done = shared.connected.load(Ordering::Relaxed)
             + shared.connect_failed.load(Ordering::Relaxed);
@@ -301,12 +363,16 @@ fn run(args: Args) -> Result<(), String> {
     let mut window = Duration::ZERO;
     let mut cpu = (None, None);
     let mut client_cpu = None;
+    let mut redis = (None, None);
     if args.mode == Mode::Hold {
         thread::sleep(Duration::from_secs_f64(args.hold_for.max(0.0)));
+        multi::wait_for_file(args.wait_file.as_deref());
     } else {
+        multi::wait_for_file(args.wait_file.as_deref());
         shared.set_phase(Phase::Warmup);
         thread::sleep(Duration::from_secs_f64(args.warmup.max(0.0)));
         cpu.0 = sample();
+        redis.0 = sample_redis();
         let client_start = procfs::sample_self();
         let t0 = Instant::now();
         shared.set_phase(Phase::Measure);
@@ -314,6 +380,7 @@ fn run(args: Args) -> Result<(), String> {
         shared.set_phase(Phase::Drain);
         window = t0.elapsed();
         cpu.1 = sample();
+        redis.1 = sample_redis();
         if let (Some(a), Some(b)) = (client_start, procfs::sample_self()) {
             client_cpu = Some(b.cpu_ns.saturating_sub(a.cpu_ns));
         }
@@ -339,6 +406,7 @@ fn run(args: Args) -> Result<(), String> {
         Window {
             length: window,
             server: cpu,
+            redis,
             client_cpu_ns: client_cpu,
             connect_time,
             around_connect: (before_connect, after_connect),
@@ -352,6 +420,7 @@ fn run(args: Args) -> Result<(), String> {
 struct Window {
     length: Duration,
     server: (Option<procfs::Sample>, Option<procfs::Sample>),
+    redis: (Option<procfs::Sample>, Option<procfs::Sample>),
     client_cpu_ns: Option<u64>,
     connect_time: Duration,
     around_connect: (Option<procfs::Sample>, Option<procfs::Sample>),
@@ -368,6 +437,7 @@ fn finish(
     let Window {
         length: window,
         server: (cpu0, cpu1),
+        redis,
         client_cpu_ns,
         connect_time,
         around_connect: (before_connect, after_connect),
@@ -417,6 +487,8 @@ fn finish(
         "mode": format!("{mode:?}").to_lowercase(),
         "label": args.label,
         "addr": args.addr,
+        "targets": args.targets,
+        "user_offset": args.user_offset,
         "threads": args.threads,
         "connections": total,
         "connected": connected,
@@ -494,6 +566,10 @@ fn finish(
             out["server_cpu_ns_per_msg"] = json!(per_msg(Some(cpu)));
             out["server_sched_ns_per_msg"] = json!(per_msg(server_sched_ns));
         }
+        multi::report_redis(&mut out, redis, messages, window);
+        if args.targets.len() > 1 && mode == Mode::P2p {
+            multi::report_cross(&mut out, shared, counts.window_sent);
+        }
         if let Some(c) = client_cpu_ns {
             let util = c as f64 / window.as_nanos().max(1) as f64;
             println!("  load generator CPU: {:.0}% of one core", util * 100.0);
@@ -557,6 +633,7 @@ fn print_latency(what: &str, h: &Histogram<u64>) {
 }
 
 fn connection_specs(args: &Args) -> Vec<ConnSpec> {
+    let per_user = cycle_users(args);
     let roles: Vec<Role> = match args.mode {
         Mode::Echo => vec![Role::Echo; args.connections],
         Mode::Hold => vec![Role::Idle; args.connections],
@@ -572,8 +649,22 @@ fn connection_specs(args: &Args) -> Vec<ConnSpec> {
         .enumerate()
         .map(|(index, role)| ConnSpec {
             index,
-            user: index as u64 + 1,
+            user: user_of(args.user_offset, per_user, index),
             role,
         })
         .collect()
+}
+
+/// Users the connections cycle over (hold with --hold-users), 0 for one user per connection.
+fn cycle_users(args: &Args) -> u64 {
+    if args.mode == Mode::Hold {
+        args.hold_users
+    } else {
+        0
+    }
+}
+
+fn user_of(offset: u64, cycle: u64, index: usize) -> u64 {
+    let i = index as u64;
+    offset + 1 + if cycle == 0 { i } else { i % cycle }
 }

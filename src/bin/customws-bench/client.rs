@@ -125,7 +125,7 @@ pub fn run(plan: &Plan, shared: &Shared, specs: Vec<ConnSpec>, seed: u64) -> io:
         .iter()
         .map(|s| Conn {
             stream: None,
-            request: upgrade_request(plan, s.user),
+            request: upgrade_request(plan, s.user, plan.target_of(s.index)),
             state: State::Upgrading,
             role: s.role,
             rbuf: Vec::new(),
@@ -454,6 +454,9 @@ impl Worker<'_> {
                 }
                 Role::Peer => {
                     let target = self.random_other_user(i);
+                    if measuring && self.crosses_targets(i, target) {
+                        self.shared.cross_target.fetch_add(1, Ordering::Relaxed);
+                    }
                     let body = self.request_json(Some(target), now);
                     push_frame(&mut self.conns[i].wbuf, OpCode::Text, &body, mask);
                 }
@@ -489,13 +492,20 @@ impl Worker<'_> {
         b
     }
 
-    /// A user other than the one connection `i` belongs to (users are 1..=users).
+    /// Whether p2p user `target` is served by another target than connection `i`.
+    fn crosses_targets(&self, i: usize, target: u64) -> bool {
+        let n = self.plan.targets.len();
+        let target_index = target.saturating_sub(self.plan.user_offset + 1) as usize;
+        n > 1 && self.conns[i].index % n != target_index % n
+    }
+
+    /// A user other than the one connection `i` belongs to (users are offset+1..=offset+users).
     fn random_other_user(&mut self, i: usize) -> u64 {
         let users = self.plan.users.max(2);
         let me = self.plan.user_of(self.conns[i].index);
         loop {
-            let t = 1 + self.next_rand() % users;
-            if t != me {
+            let t = self.plan.user_offset + 1 + self.next_rand() % users;
+            if t != me && (!self.plan.cross_node_only || self.crosses_targets(i, t)) {
                 return t;
             }
         }
@@ -554,6 +564,9 @@ impl Worker<'_> {
             return;
         }
         if c.state == State::Upgrading {
+            if self.counts.connect_failed == 0 {
+                eprintln!("connection lost during the upgrade (by the server: {by_peer})");
+            }
             self.upgrading = self.upgrading.saturating_sub(1);
             self.counts.connect_failed += 1;
         } else if by_peer {
@@ -635,11 +648,11 @@ pub fn push_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8], mask: [u8; 
     }
 }
 
-fn upgrade_request(plan: &Plan, user: u64) -> Vec<u8> {
+fn upgrade_request(plan: &Plan, user: u64, host: SocketAddr) -> Vec<u8> {
     let mut r = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n",
-        plan.path, plan.addr
+        plan.path, host
     );
     if plan.mode != Mode::Echo || plan.secret.is_some() {
         if let Some(secret) = &plan.secret {
@@ -660,21 +673,24 @@ fn upgrade_request(plan: &Plan, user: u64) -> Vec<u8> {
     r.into_bytes()
 }
 
-/// Starts a non-blocking connect from 127.0.0.(2 + index % source_ips) when the server is on
-/// loopback: one source address runs out of ephemeral ports near 28k connections.
+/// Starts a non-blocking connect to `plan.target_of(index)` from
+/// 127.0.0.(source_first + index % source_ips) when the server is on loopback: one source
+/// address runs out of ephemeral ports near 28k connections.
 fn connect(plan: &Plan, index: usize) -> io::Result<TcpStream> {
-    let socket = Socket::new(Domain::for_address(plan.addr), Type::STREAM, None)?;
+    let addr = plan.target_of(index);
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_nonblocking(true)?;
     socket.set_tcp_nodelay(true)?;
-    if let SocketAddr::V4(v4) = plan.addr {
+    if let SocketAddr::V4(v4) = addr {
         if v4.ip().is_loopback() && plan.source_ips > 0 {
-            // source_ips is capped at 250, so this fits a byte.
-            let last = 2 + (index % plan.source_ips) as u8;
+            // source_ips is capped at 250; wrap within 1..=254.
+            let last =
+                ((usize::from(plan.source_first) - 1 + index % plan.source_ips) % 254 + 1) as u8;
             let src = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, last), 0);
             socket.bind(&SocketAddr::V4(src).into())?;
         }
     }
-    match socket.connect(&plan.addr.into()) {
+    match socket.connect(&addr.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
         Err(e) => return Err(e),

@@ -34,6 +34,22 @@ pub fn sample(pid: u32) -> Option<Sample> {
     })
 }
 
+/// Samples every process in `pids` and sums them (several cluster nodes); `None` when the list
+/// is empty or any of them cannot be read.
+pub fn sample_all(pids: &[u32]) -> Option<Sample> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().try_fold(Sample::default(), |acc, &pid| {
+        let s = sample(pid)?;
+        Some(Sample {
+            cpu_ns: acc.cpu_ns + s.cpu_ns,
+            sched_ns: acc.sched_ns + s.sched_ns,
+            rss_kib: acc.rss_kib + s.rss_kib,
+        })
+    })
+}
+
 /// Samples this process (the load generator), for its own CPU use.
 pub fn sample_self() -> Option<Sample> {
     sample(std::process::id())
