@@ -66,6 +66,44 @@ pub struct ClientEnvelope<'a> {
     /// The `payload` field: any JSON value, as the client wrote it (shape checked per type
     /// by the gateway).
     pub payload: RawJson<'a>,
+    /// Where the payload members the gateway reads are, found by the validating pass.
+    known: KnownFields,
+}
+
+/// Payload members the gateway itself reads, so that reading them costs no second walk.
+const KNOWN_KEYS: [&str; 8] = [
+    "resource",
+    "action",
+    "status",
+    "acknowledgedPid",
+    "error",
+    "context",
+    "data",
+    "targetUserId",
+];
+
+/// Index into [`KNOWN_KEYS`] of an unescaped key.
+fn known_index(key: &[u8]) -> Option<usize> {
+    Some(match key {
+        b"resource" => 0,
+        b"action" => 1,
+        b"status" => 2,
+        b"acknowledgedPid" => 3,
+        b"error" => 4,
+        b"context" => 5,
+        b"data" => 6,
+        b"targetUserId" => 7,
+        _ => return None,
+    })
+}
+
+/// Spans (relative to the payload text) of the first member named like each of
+/// [`KNOWN_KEYS`]; `(0, 0)` when absent. Only trusted when `complete`: the payload was an
+/// object without escaped keys, so no member can hide behind an escape.
+#[derive(Debug, Clone, Copy, Default)]
+struct KnownFields {
+    spans: [(u32, u32); KNOWN_KEYS.len()],
+    complete: bool,
 }
 
 /// A reusable per-shard parser. Parsing allocates nothing; the scratch buffer only serves
@@ -164,6 +202,8 @@ struct Found {
     /// The payload is an object with no key named like a server-set `data_event` field and
     /// no escaped key.
     plain_payload: bool,
+    /// Its members the gateway reads.
+    known: KnownFields,
 }
 
 const TYPE: u8 = 1;
@@ -205,10 +245,27 @@ fn scan_envelope(buf: &[u8], limits: &EnvelopeLimits) -> Result<Found, Fail> {
             let start = sc.pos;
             let kind = if bit == PAYLOAD && seen & PAYLOAD == 0 && sc.peek() == Some(b'{') {
                 let mut plain = true;
-                sc.object_keys(1, |key, escaped| {
-                    plain &= !escaped && !super::write::is_server_set_key(key);
+                let mut known = KnownFields {
+                    complete: u32::try_from(buf.len()).is_ok(),
+                    ..KnownFields::default()
+                };
+                sc.object_members(1, |key, escaped, value_start, value_end| {
+                    if escaped {
+                        plain = false;
+                        known.complete = false;
+                    } else if super::write::is_server_set_key(key) {
+                        plain = false;
+                    } else if let Some(slot) = known_index(key).and_then(|i| known.spans.get_mut(i))
+                    {
+                        if *slot == (0, 0) {
+                            // Lossless: `complete` is false when the message exceeds u32.
+                            let relative = |at: usize| (at - start) as u32;
+                            *slot = (relative(value_start), relative(value_end));
+                        }
+                    }
                 })?;
                 found.plain_payload = plain;
+                found.known = known;
                 Kind::Object
             } else {
                 sc.value(1)?
@@ -331,6 +388,7 @@ fn validate<'a>(
         kind,
         target_user_id,
         payload,
+        known: found.known,
     })
 }
 
@@ -368,7 +426,24 @@ impl<'a> ClientEnvelope<'a> {
     /// `payload.<key>` when the payload is an object (the first of repeated keys).
     #[must_use]
     pub fn payload_field(&self, key: &str) -> Option<RawJson<'a>> {
-        self.payload.get(key)
+        match KNOWN_KEYS.iter().position(|k| *k == key) {
+            Some(i) if self.known.complete => self.known_field(i),
+            _ => self.payload.get(key),
+        }
+    }
+
+    /// A member of [`KNOWN_KEYS`] by index, from the spans the parser recorded.
+    fn known_field(&self, index: usize) -> Option<RawJson<'a>> {
+        if !self.known.complete {
+            return KNOWN_KEYS.get(index).and_then(|k| self.payload.get(k));
+        }
+        let &(start, end) = self.known.spans.get(index)?;
+        let text = self.payload.json().get(start as usize..end as usize)?;
+        (end > start).then(|| RawJson::validated(text))
+    }
+
+    fn known_str(&self, index: usize) -> Option<Cow<'a, str>> {
+        self.known_field(index)?.as_str()
     }
 
     /// `payload.<key>` when it is a string (borrowed unless it has escapes).
@@ -380,38 +455,38 @@ impl<'a> ClientEnvelope<'a> {
     /// `payload.resource` (e.g. `"notification"`).
     #[must_use]
     pub fn resource(&self) -> Option<Cow<'a, str>> {
-        self.payload_str("resource")
+        self.known_str(0)
     }
 
     /// `payload.action` (generic_request).
     #[must_use]
     pub fn action(&self) -> Option<Cow<'a, str>> {
-        self.payload_str("action")
+        self.known_str(1)
     }
 
     /// `payload.status` (presence_update, client_ack).
     #[must_use]
     pub fn status(&self) -> Option<Cow<'a, str>> {
-        self.payload_str("status")
+        self.known_str(2)
     }
 
     /// `payload.acknowledgedPid` (client_ack).
     #[must_use]
     pub fn acknowledged_pid(&self) -> Option<Cow<'a, str>> {
-        self.payload_str("acknowledgedPid")
+        self.known_str(3)
     }
 
     /// `payload.context` (presence_update), any JSON value; store it with
     /// [`super::to_json_bytes`].
     #[must_use]
     pub fn context(&self) -> Option<RawJson<'a>> {
-        self.payload_field("context")
+        self.known_field(5)
     }
 
     /// `payload.data`.
     #[must_use]
     pub fn data(&self) -> Option<RawJson<'a>> {
-        self.payload_field("data")
+        self.known_field(6)
     }
 
     /// `payload.data.<key>` when it is a string (e.g. `token` for `refresh_token`).
@@ -476,7 +551,7 @@ impl<'a> ClientEnvelope<'a> {
         if let Some(id) = self.target_user_id {
             return Ok(Some(id));
         }
-        match self.payload_field("targetUserId") {
+        match self.known_field(7) {
             None => Ok(None),
             Some(v) => parse_user_id(v)
                 .map(Some)
@@ -1095,7 +1170,11 @@ mod tests {
         use serde_json::Value;
 
         fn string(rng: &mut StdRng) -> String {
-            const PIECES: [&str; 14] = [
+            const PIECES: [&str; 18] = [
+                "status",
+                "data",
+                "action",
+                "\\u0061",
                 "a",
                 "pid",
                 "type",
@@ -1111,7 +1190,7 @@ mod tests {
                 "\\\\",
                 " ",
             ];
-            let n = rng.random_range(0..5);
+            let n = rng.random_range(0..4);
             let body: String = (0..n)
                 .map(|_| PIECES[rng.random_range(0..PIECES.len())])
                 .collect();
@@ -1236,6 +1315,14 @@ mod tests {
                         .and_then(Value::as_str)
                         .filter(|p| !p.is_empty());
                     assert_eq!(env.pid, pid, "{shown}");
+                    // The spans recorded while parsing agree with a walk of the payload.
+                    for key in KNOWN_KEYS {
+                        let walked = env.payload.get(key);
+                        assert_eq!(env.payload_field(key), walked, "{key}: {shown}");
+                    }
+                    let walked = env.payload.get("status").and_then(|v| v.as_str());
+                    assert_eq!(env.status(), walked, "{shown}");
+                    assert_eq!(env.data(), env.payload.get("data"), "{shown}");
                 }
                 (Ok(_), None) => panic!("{round}: accepted what serde_json refuses: {shown}"),
                 (Err(e), Some(reference)) => assert!(

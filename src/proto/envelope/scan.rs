@@ -177,12 +177,13 @@ impl<'b> Scanner<'b> {
         }
     }
 
-    /// An object at `pos` whose members sit at depth `level + 1`, calling `on_key` with each
-    /// key's raw content and escape flag (the envelope's view of its `payload`).
-    pub(super) fn object_keys(
+    /// An object at `pos` whose members sit at depth `level + 1`, calling `on_member` with
+    /// each key's raw content, its escape flag and the value's span (the envelope's view of
+    /// its `payload`).
+    pub(super) fn object_members(
         &mut self,
         level: usize,
-        mut on_key: impl FnMut(&[u8], bool),
+        mut on_member: impl FnMut(&[u8], bool, usize, usize),
     ) -> Result<(), Fail> {
         if level >= self.max_depth {
             return Err(Fail::TooDeep);
@@ -198,11 +199,13 @@ impl<'b> Scanner<'b> {
                 return Err(Fail::Syntax);
             }
             let (start, end, escaped) = self.string()?;
-            on_key(self.buf.get(start..end).unwrap_or_default(), escaped);
             self.skip_ws();
             self.expect(b':')?;
             self.skip_ws();
+            let value_start = self.pos;
             self.value(level + 1)?;
+            let key = self.buf.get(start..end).unwrap_or_default();
+            on_member(key, escaped, value_start, self.pos);
             self.skip_ws();
             match self.peek() {
                 Some(b',') => {
