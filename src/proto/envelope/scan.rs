@@ -50,6 +50,7 @@ impl<'b> Scanner<'b> {
         }
     }
 
+    #[inline(always)]
     pub(super) fn peek(&self) -> Option<u8> {
         self.buf.get(self.pos).copied()
     }
@@ -58,6 +59,7 @@ impl<'b> Scanner<'b> {
         self.pos >= self.buf.len()
     }
 
+    #[inline(always)]
     pub(super) fn skip_ws(&mut self) {
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
             self.pos += 1;
@@ -65,6 +67,7 @@ impl<'b> Scanner<'b> {
     }
 
     /// Consumes `c` or fails.
+    #[inline(always)]
     pub(super) fn expect(&mut self, c: u8) -> Result<(), Fail> {
         if self.peek() == Some(c) {
             self.pos += 1;
@@ -76,6 +79,7 @@ impl<'b> Scanner<'b> {
 
     /// One value starting at `pos` (no leading whitespace). `level` is the number of
     /// containers already open around it, so a container here is at depth `level + 1`.
+    #[inline(always)]
     pub(super) fn value(&mut self, level: usize) -> Result<Kind, Fail> {
         match self.peek() {
             Some(b'{') => {
@@ -91,6 +95,7 @@ impl<'b> Scanner<'b> {
     }
 
     /// A string, number or literal.
+    #[inline(always)]
     fn scalar(&mut self) -> Result<Kind, Fail> {
         match self.peek() {
             Some(b'"') => {
@@ -235,6 +240,7 @@ impl<'b> Scanner<'b> {
 
     /// A string at `pos` (the opening quote): the content span and whether it has escapes.
     /// Content bytes are not checked for UTF-8 here (callers validate the whole message).
+    #[inline(always)]
     pub(super) fn string(&mut self) -> Result<(usize, usize, bool), Fail> {
         let start = self.pos + 1;
         let mut i = start;
@@ -258,6 +264,7 @@ impl<'b> Scanner<'b> {
 
     /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`, refused when it does not fit
     /// an f64 (serde_json's "number out of range"; `1e-999` reads as 0 and is fine).
+    #[inline(always)]
     fn number(&mut self) -> Result<(), Fail> {
         let start = self.pos;
         if self.peek() == Some(b'-') {
@@ -298,6 +305,7 @@ impl<'b> Scanner<'b> {
         Ok(())
     }
 
+    #[inline(always)]
     fn digits(&mut self) {
         while let Some(b'0'..=b'9') = self.peek() {
             self.pos += 1;
@@ -349,6 +357,7 @@ fn hex4(buf: &[u8], at: usize) -> Option<u32> {
 
 /// First `"`, `\` or control byte (< 0x20) in `hay`, eight bytes at a time (SWAR: the lowest
 /// flagged byte of each test is always a true match, so the lowest flag overall is too).
+#[inline(always)]
 pub(super) fn find_string_special(hay: &[u8]) -> Option<usize> {
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
