@@ -3,7 +3,7 @@
 //! Flow of one client message:
 //!
 //! ```text
-//! text frame (in place) → EnvelopeParser (simd-json, in place) → rate limit → Handler::on_message
+//! text frame (in place) → EnvelopeParser (one validating pass) → rate limit → Handler::on_message
 //!   → data_request      → P2P: local delivery, or one hop to the target's home shard
 //!                          broadcast / notification multicast: frame encoded once, shared
 //!   → presence_update   → record, coalesce, announce (all shards keep a replica)
