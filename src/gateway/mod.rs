@@ -436,23 +436,17 @@ impl<H: Handler> App for Gateway<H> {
             }
             MessageType::ClientAck => {
                 if let Some(acked) = msg.acknowledged_pid() {
+                    let acked = &*acked;
                     let status = msg.status().map(String::from);
                     let error = msg.payload_str("error").map(String::from);
-                    complete_pending(
-                        core,
-                        st,
-                        &mut self.handler,
-                        key,
-                        &acked,
-                        |what| match what {
-                            Pending::Ack(cb) => {
-                                Completion::Ack(cb, AckOutcome::Acked { status, error })
-                            }
-                            Pending::Response(cb) => {
-                                Completion::Response(cb, ResponseOutcome::TimedOut)
-                            }
-                        },
-                    );
+                    complete_pending(core, st, &mut self.handler, key, acked, |what| match what {
+                        Pending::Ack(cb) => {
+                            Completion::Ack(cb, AckOutcome::Acked { status, error })
+                        }
+                        Pending::Response(cb) => {
+                            Completion::Response(cb, ResponseOutcome::TimedOut)
+                        }
+                    });
                 } else {
                     send_error(
                         core,
