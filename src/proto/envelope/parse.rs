@@ -1170,7 +1170,8 @@ mod tests {
         use serde_json::Value;
 
         fn string(rng: &mut StdRng) -> String {
-            const PIECES: [&str; 18] = [
+            const PIECES: [&str; 19] = [
+                "messageId",
                 "status",
                 "data",
                 "action",
@@ -1323,6 +1324,24 @@ mod tests {
                     let walked = env.payload.get("status").and_then(|v| v.as_str());
                     assert_eq!(env.status(), walked, "{shown}");
                     assert_eq!(env.data(), env.payload.get("data"), "{shown}");
+                    // The data_event carries the payload (minus server-set keys) as valid JSON.
+                    let mut out = Vec::new();
+                    let written =
+                        super::super::write_data_event(&mut out, 1, &env.payload, "n", 0, "m");
+                    match reference.get("payload") {
+                        Some(Value::Object(fields)) => {
+                            assert!(written.is_ok(), "{shown}");
+                            let event: Value = serde_json::from_slice(&out)
+                                .unwrap_or_else(|e| panic!("{e}: {shown}"));
+                            for (k, v) in fields {
+                                if !["senderName", "timestamp", "messageId"].contains(&k.as_str()) {
+                                    assert_eq!(&event["payload"][k], v, "{k}: {shown}");
+                                }
+                            }
+                            assert_eq!(event["payload"]["senderName"], "n", "{shown}");
+                        }
+                        _ => assert!(written.is_err(), "{shown}"),
+                    }
                 }
                 (Ok(_), None) => panic!("{round}: accepted what serde_json refuses: {shown}"),
                 (Err(e), Some(reference)) => assert!(
