@@ -11,7 +11,7 @@
 #   --quick       2 s windows instead of 5 s (smoke test of the script)
 #   --skip-build  reuse the binaries already built
 # Environment: DURATION (seconds per window), RESULTS (directory for the JSON lines).
-# Needs: cargo, taskset, jq. Runs ~2-3 minutes after the builds.
+# Needs: cargo, taskset, jq. Runs ~4 minutes after the builds.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -114,16 +114,31 @@ for s in customws-echo tokio-echo; do
     run echo-16 "$s" echo --connections 100 --size 32 --in-flight 16
     run echo-1 "$s" echo --connections 100 --size 32 --in-flight 1
     # The runtime alone: upgrades (the token is sent but not checked) and idle memory.
-    run hold-10k "$s" hold --connections 10000 --hold-for 1
+    run hold-19k "$s" hold --connections 19000 --hold-for 1
 done
 for s in customws-gateway tokio-gateway; do
     run p2p-1000 "$s" p2p --users 1000 --size 16 --in-flight 16 --drain 3
     # A window of 32 broadcasts lets each subscriber's output batch into fewer writes.
     run broadcast-1000 "$s" broadcast --publishers 1 --subscribers 1000 --size 16 \
         --in-flight 32 --drain 1
-    # Authenticated upgrades. Only 2k: customws announces every user's "online" presence to
-    # every connected user, which makes a connection storm quadratic (see BENCHMARKS.md).
-    run hold-2k "$s" hold --connections 2000 --hold-for 1
+    # Authenticated upgrades and idle memory per authenticated connection; 19k because a
+    # process here may open at most 20,000 files.
+    run hold-19k-auth "$s" hold --connections 19000 --hold-for 1
+done
+
+# Latency at half the saturating load: each server at half the rate it reached above.
+half_rate() {
+    jq -rs --arg t "$1" --arg l "$2" \
+        'map(select(.test == $t and .label == $l)) | first | ((.msgs_per_s // 0) / 2 | floor)' \
+        "$RESULTS/results.jsonl"
+}
+for s in customws-echo tokio-echo; do
+    run echo-16-half "$s" echo --connections 100 --size 32 --in-flight 16 \
+        --rate "$(half_rate echo-16 "$s")"
+done
+for s in customws-gateway tokio-gateway; do
+    run p2p-1000-half "$s" p2p --users 1000 --size 16 --in-flight 16 --drain 3 \
+        --rate "$(half_rate p2p-1000 "$s")"
 done
 
 echo
@@ -148,15 +163,18 @@ jq -rs '
     row("p2p-1000"; "customws-gateway"; "tokio-gateway"; "msgs_per_s"),
     row("broadcast-1000"; "customws-gateway"; "tokio-gateway"; "server_cpu_ns_per_msg"),
     row("broadcast-1000"; "customws-gateway"; "tokio-gateway"; "msgs_per_s"),
-    row("hold-10k"; "customws-echo"; "tokio-echo"; "handshakes_per_s"),
-    row("hold-10k"; "customws-echo"; "tokio-echo"; "server_cpu_ns_per_handshake"),
-    row("hold-10k"; "customws-echo"; "tokio-echo"; "server_rss_per_conn_bytes"),
-    row("hold-2k"; "customws-gateway"; "tokio-gateway"; "handshakes_per_s"),
-    row("hold-2k"; "customws-gateway"; "tokio-gateway"; "server_cpu_ns_per_handshake"),
-    row("hold-2k"; "customws-gateway"; "tokio-gateway"; "server_rss_per_conn_bytes")
+    row("hold-19k"; "customws-echo"; "tokio-echo"; "handshakes_per_s"),
+    row("hold-19k"; "customws-echo"; "tokio-echo"; "server_cpu_ns_per_handshake"),
+    row("hold-19k"; "customws-echo"; "tokio-echo"; "server_rss_per_conn_bytes"),
+    row("hold-19k-auth"; "customws-gateway"; "tokio-gateway"; "handshakes_per_s"),
+    row("hold-19k-auth"; "customws-gateway"; "tokio-gateway"; "server_cpu_ns_per_handshake"),
+    row("hold-19k-auth"; "customws-gateway"; "tokio-gateway"; "server_rss_per_conn_bytes"),
+    row("echo-16-half"; "customws-echo"; "tokio-echo"; "msgs_per_s"),
+    row("p2p-1000-half"; "customws-gateway"; "tokio-gateway"; "msgs_per_s")
   ][] | map(fmt) | @tsv)
 ' "$RESULTS/results.jsonl" | column -t -s $'\t'
 echo
-echo "latency p99 (µs):"
-jq -r '[.test, .label, (.latency.p99_us // .handshake_latency.p99_us // "-")] | @tsv' \
+echo "latency p50 / p99 (µs; the *-half rows are at half of each server's saturating rate):"
+jq -r '[.test, .label, (.latency.p50_us // .handshake_latency.p50_us // "-"),
+        (.latency.p99_us // .handshake_latency.p99_us // "-")] | @tsv' \
     "$RESULTS/results.jsonl" | column -t -s $'\t'

@@ -39,7 +39,6 @@ use customws::gateway::{ConnRef, Ctx, Flow, GatewayFactory, Handler};
 use customws::proto::envelope::{self, ClientEnvelope, MessageType};
 use customws::Server;
 use serde::Serialize;
-use simd_json::prelude::*;
 
 /// Messages kept per conversation.
 const HISTORY_LEN: usize = 50;
@@ -92,7 +91,7 @@ impl Handler for ChatHistory {
         conn: ConnRef,
         msg: &ClientEnvelope<'_>,
     ) -> Flow {
-        if msg.kind != MessageType::DataRequest || msg.resource() != Some("chat") {
+        if msg.kind != MessageType::DataRequest || msg.resource().as_deref() != Some("chat") {
             return Flow::Continue;
         }
         let (Some(to), Some(text)) = (msg.target_user_id, msg.data_str("text")) else {
@@ -113,7 +112,7 @@ impl Handler for ChatHistory {
             lines.push_back(ChatLine {
                 from: conn.user.0,
                 to,
-                text: text.to_owned(),
+                text: text.into_owned(),
                 at: now_rfc3339(),
             });
         }

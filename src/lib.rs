@@ -6,7 +6,7 @@
 //!         ┌───────────▼────────────── shard thread (mio::Poll) ───────────────┐
 //!         │ accept → handshake (proto::handshake) → auth (auth) → 101          │
 //!         │ read into the shard's buffer → proto::codec (in place, zero copy)  │
-//!         │   → App::on_text (gateway: proto::envelope with simd-json in place)│
+//!         │   → App::on_text (gateway: proto::envelope, one validating pass)   │
 //!         │   → route: local connections, or queue::ShardLinks to the user's   │
 //!         │     home shard (lock-free SPSC + mio::Waker, batched)              │
 //!         │ timers (timer::TimerWheel) → flush (outbound::OutQueue, writev)    │

@@ -3,7 +3,7 @@
 //! Flow of one client message:
 //!
 //! ```text
-//! text frame (in place) → EnvelopeParser (simd-json, in place) → rate limit → Handler::on_message
+//! text frame (in place) → EnvelopeParser (one validating pass) → rate limit → Handler::on_message
 //!   → data_request      → P2P: local delivery, or one hop to the target's home shard
 //!                          broadcast / notification multicast: frame encoded once, shared
 //!   → presence_update   → record, coalesce, announce (all shards keep a replica)
@@ -480,7 +480,8 @@ impl<H: Handler> App for Gateway<H> {
                     count_garbage(core, key);
                     return;
                 };
-                let action = msg.action().unwrap_or("");
+                let action = msg.action();
+                let action = action.as_deref().unwrap_or("");
                 let done = handle_builtin_request(core, st, key, user, pid, action, &msg);
                 if !done {
                     let mut ctx = Ctx {
@@ -495,8 +496,9 @@ impl<H: Handler> App for Gateway<H> {
             }
             MessageType::ClientAck => {
                 if let Some(acked) = msg.acknowledged_pid() {
-                    let status = msg.status().map(str::to_owned);
-                    let error = msg.payload_str("error").map(str::to_owned);
+                    let acked = &*acked;
+                    let status = msg.status().map(String::from);
+                    let error = msg.payload_str("error").map(String::from);
                     complete_pending(core, st, &mut self.handler, key, acked, |what| match what {
                         Pending::Ack(cb) => {
                             Completion::Ack(cb, AckOutcome::Acked { status, error })
@@ -968,7 +970,7 @@ fn handle_data_request<H: Handler>(
     msg: &ClientEnvelope<'_>,
 ) {
     let cfg = core.config();
-    let is_notification = msg.resource() == Some("notification");
+    let is_notification = msg.resource().as_deref() == Some("notification");
     let mut targets = std::mem::take(&mut st.targets);
     let multicast = if is_notification {
         match msg.target_users(cfg.max_notification_targets, &mut targets) {
@@ -1490,7 +1492,7 @@ fn handle_builtin_request<H: Handler>(
                 );
                 return true;
             };
-            match st.verifier.verify(token) {
+            match st.verifier.verify(&token) {
                 Ok(id) if id.user_id.0 == user => {
                     if let Some(s) = core.session_mut(key) {
                         s.exp = id.exp;
@@ -1519,8 +1521,7 @@ fn handle_builtin_request<H: Handler>(
 }
 
 fn payload_to_serde(msg: &ClientEnvelope<'_>) -> serde_json::Value {
-    let raw = envelope::to_json_bytes(&msg.payload);
-    serde_json::from_slice(&raw).unwrap_or(serde_json::Value::Null)
+    serde_json::from_str(msg.payload.json()).unwrap_or(serde_json::Value::Null)
 }
 
 /// Generation of the pending request in `slot` (0 = none); timer keys carry it so a timer

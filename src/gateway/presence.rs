@@ -7,7 +7,7 @@
 //! a user's updates in the same order everywhere; a user is removed from every replica by the
 //! offline update its home shard sends when its last connection closes.
 
-use std::collections::HashMap;
+use super::registry::UserMap;
 
 /// One online user in the replica.
 #[derive(Clone, Debug)]
@@ -23,7 +23,7 @@ pub struct PresenceRecord {
 /// All online users, as announced by their home shards.
 #[derive(Default)]
 pub struct PresenceBook {
-    users: HashMap<u64, PresenceRecord>,
+    users: UserMap<PresenceRecord>,
 }
 
 impl PresenceBook {

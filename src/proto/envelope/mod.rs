@@ -1,16 +1,18 @@
-//! The JSON envelope codec (gateway.md §4–5): client envelopes parsed in place with
-//! `simd-json`, server envelopes written by hand into caller-owned `Vec<u8>`s.
+//! The JSON envelope codec (gateway.md §4–5): client envelopes validated in one pass
+//! without building a value tree, server envelopes written by hand into caller-owned
+//! `Vec<u8>`s.
 //!
 //! ```text
 //!  text frame payload (&mut [u8])
-//!        │  pre-scan: one byte pass, depth cap + raw `pid` copied aside (no allocation)
+//!        │  scan: one validating pass (grammar, depth cap, number range, surrogates),
+//!        │  spans of type / pid / targetUserId / payload, duplicate envelope keys
 //!        ▼
-//!  simd-json (in place, reusable Buffers) ──► BorrowedValue<'frame>
-//!        │  one pass over the top-level keys: type / pid / targetUserId / payload
+//!  ClientEnvelope<'frame>  (payload = RawJson: the client's own text, nothing decoded)
+//!        │  gateway rules read payload fields through the helpers (lazy walks)
 //!        ▼
-//!  ClientEnvelope<'frame>  ──► gateway rules read payload fields through the helpers
-//!
-//!  write::*  ──► `{"type":"data_event",...}` etc. appended to the connection's out buffer
+//!  write::*  ──► `{"type":"data_event",...}` etc. appended to the connection's out
+//!               buffer; the payload's members are copied byte for byte
+//!  (refused text only: the old byte pre-scan finds a pid and "too deep" for the error)
 //! ```
 //!
 //! Sans-IO: nothing here reads a clock; callers pass `timestamp_ms`.
@@ -27,29 +29,29 @@
 //! - A repeated top-level envelope field (`type`, `pid`, `targetUserId`, `payload`) is
 //!   refused (400): readers that keep the first and readers that keep the last would
 //!   otherwise disagree about what was sent. Repeats inside `payload` are passed through.
-//! - `originalPid` on errors: read from the parsed object when the JSON parsed; when it did
-//!   not, from the raw span the pre-scan recorded before simd-json ran (simd-json rewrites
-//!   only strings that contain escapes, so an escape-free pid is still intact; a pid with
-//!   escapes is copied aside by the pre-scan — the rare case — and decoded on the error
-//!   path). A pid longer than 128 bytes is never echoed.
+//! - `originalPid` on errors: read from the validated envelope when the JSON is valid; when
+//!   it is not, a byte pre-scan of the refused text finds the top-level `"pid"` string
+//!   (even after the damage) and decodes it. A pid longer than 128 bytes is never echoed.
 //! - Nesting deeper than `EnvelopeLimits::max_depth` (the top-level object counts as 1) is
-//!   refused with 413 before simd-json sees the bytes; simd-json's own depth cap is set
-//!   one higher as a backstop.
-//! - Cost (2 shared vCPUs, noisy): a 150-byte `data_request` parses in ≈0.63 µs with a
-//!   reused [`EnvelopeParser`] (simd-json alone ≈0.48 µs; the pre-scan ≈0.11 µs; serde_json
-//!   into a `Value` ≈1.2 µs); a one-shot [`parse_client`] re-allocates simd-json's scratch
-//!   (≈+0.4 µs), so shards keep a parser. Parse + `data_event` + `server_ack` ≈0.95 µs vs
-//!   ≈1.85 µs for the serde_json equivalent.
-//! - Numbers simd-json cannot represent (`1e999999`, 100-digit integers) are refused by
-//!   simd-json as malformed (400); none panics (tested).
+//!   refused with 413, also when the text is malformed elsewhere. No stage recurses.
+//! - Acceptance follows serde_json: numbers that overflow an f64 (`1e999999`) and unpaired
+//!   UTF-16 surrogate escapes are refused (400); integer literals of any length are valid
+//!   JSON (serde_json reads them as floats) and are passed through as written. Nothing
+//!   panics (tested; fuzzed against serde_json in `fuzz/`).
+//! - The payload is never decoded or re-encoded: the `data_event` carries the client's own
+//!   bytes (its escapes, spacing and number spelling), so its JSON value is the same.
+//! - Cost: see BENCHMARKS.md (run 2); the value tree this replaced was half of a P2P
+//!   delivery's instructions.
 
 mod parse;
+mod scan;
 mod time;
 mod write;
 
 pub use parse::{
     parse_client, parse_user_id, prescan_for_bench, ClientEnvelope, EnvelopeParser, MessageType,
 };
+pub use scan::{Elements, Members, RawJson};
 pub use time::format_rfc3339_millis;
 pub use write::{
     to_json_bytes, write_data_event, write_error_notification, write_generic_request,
@@ -63,7 +65,6 @@ pub use write::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EnvelopeLimits {
     /// Deepest allowed nesting of `[`/`{`, the envelope object itself counting as 1.
-    /// Bounds the recursion of building, walking and dropping the value tree.
     pub max_depth: usize,
     /// Longest accepted `pid`, in bytes (spec §4: 128).
     pub max_pid_len: usize,
@@ -99,7 +100,7 @@ pub mod code {
 /// (the variant name doubles as a metric label via [`EnvelopeRule::label`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum EnvelopeRule {
-    /// simd-json refused the text (syntax, unrepresentable number, bad escape, …).
+    /// Not JSON (syntax, number beyond f64, bad escape, invalid UTF-8, …).
     #[error("malformed JSON")]
     MalformedJson,
     /// The pre-scan found nesting deeper than `max_depth`.

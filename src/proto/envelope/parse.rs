@@ -1,11 +1,12 @@
-//! Client → server envelopes: a one-pass pre-scan (depth cap, raw `pid` for error
-//! answers), then simd-json in place, then one pass over the top-level keys.
+//! Client → server envelopes: one validating pass over the message ([`super::scan`]) that
+//! records where the top-level fields are, without building a value tree; the `payload` stays
+//! raw text ([`RawJson`]) that the gateway copies and reads lazily. Only when that pass
+//! refuses the text does the old best-effort pre-scan run, to find a `pid` for the error.
 
+use super::scan::{unescape_into, Fail, Kind, RawJson, Scanner};
 use super::{EnvelopeError, EnvelopeLimits, EnvelopeRule, MAX_USER_ID};
-use simd_json::cow::Cow;
-use simd_json::prelude::*;
-use simd_json::{BorrowedValue, Buffers, StaticNode};
 use smallvec::SmallVec;
+use std::borrow::Cow;
 
 /// The client message types of spec §5; anything else is kept verbatim for the
 /// `error_notification` 400 (and for an application handler that knows more types).
@@ -62,33 +63,64 @@ pub struct ClientEnvelope<'a> {
     pub kind: MessageType<'a>,
     /// Top-level `targetUserId`, validated as a user id (1..=2^53−1).
     pub target_user_id: Option<u64>,
-    /// The `payload` field: any JSON value (shape checked per type by the gateway).
-    pub payload: BorrowedValue<'a>,
+    /// The `payload` field: any JSON value, as the client wrote it (shape checked per type
+    /// by the gateway).
+    pub payload: RawJson<'a>,
+    /// Where the payload members the gateway reads are, found by the validating pass.
+    known: KnownFields,
 }
 
-/// A reusable per-shard parser: keeps simd-json's scratch buffers between messages so the
-/// hot path allocates only the value tree itself.
+/// Payload members the gateway itself reads, so that reading them costs no second walk.
+const KNOWN_KEYS: [&str; 8] = [
+    "resource",
+    "action",
+    "status",
+    "acknowledgedPid",
+    "error",
+    "context",
+    "data",
+    "targetUserId",
+];
+
+/// Index into [`KNOWN_KEYS`] of an unescaped key.
+fn known_index(key: &[u8]) -> Option<usize> {
+    Some(match key {
+        b"resource" => 0,
+        b"action" => 1,
+        b"status" => 2,
+        b"acknowledgedPid" => 3,
+        b"error" => 4,
+        b"context" => 5,
+        b"data" => 6,
+        b"targetUserId" => 7,
+        _ => return None,
+    })
+}
+
+/// Spans (relative to the payload text) of the first member named like each of
+/// [`KNOWN_KEYS`]; `(0, 0)` when absent. Only trusted when `complete`: the payload was an
+/// object without escaped keys, so no member can hide behind an escape.
+#[derive(Debug, Clone, Copy, Default)]
+struct KnownFields {
+    spans: [(u32, u32); KNOWN_KEYS.len()],
+    complete: bool,
+}
+
+/// A reusable per-shard parser. Parsing allocates nothing; the scratch buffer only serves
+/// the rare `pid` or `type` written with escapes.
+#[derive(Debug)]
 pub struct EnvelopeParser {
-    buffers: Buffers,
     limits: EnvelopeLimits,
-}
-
-impl std::fmt::Debug for EnvelopeParser {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EnvelopeParser")
-            .field("limits", &self.limits)
-            .finish_non_exhaustive()
-    }
+    scratch: Vec<u8>,
 }
 
 impl EnvelopeParser {
-    /// Scratch sized for typical messages; it grows on demand.
+    /// A parser enforcing `limits`.
     #[must_use]
     pub fn new(limits: EnvelopeLimits) -> Self {
         Self {
-            // Backstop only: the pre-scan already refused anything deeper than max_depth.
-            buffers: Buffers::with_max_depth(4096, limits.max_depth.saturating_add(1)),
             limits,
+            scratch: Vec::new(),
         }
     }
 
@@ -98,29 +130,38 @@ impl EnvelopeParser {
         &self.limits
     }
 
-    /// Parses and validates one text message in place (simd-json rewrites escaped strings
-    /// inside `buf`; the result borrows it).
+    /// Parses and validates one text message. Escapes in the top-level `pid` and `type` are
+    /// decoded in place (the rest of `buf`, the payload included, is left as sent); the
+    /// result borrows `buf`.
     ///
     /// # Errors
     /// Any broken rule of spec §4, with `original_pid` filled whenever it was readable.
     pub fn parse<'a>(&mut self, buf: &'a mut [u8]) -> Result<ClientEnvelope<'a>, EnvelopeError> {
-        let Prescan {
-            pid: raw_pid,
-            duplicate_key,
-        } = prescan(buf, &self.limits)
-            .map_err(|pid| EnvelopeError::new(EnvelopeRule::TooDeep, pid.as_deref()))?;
-        match simd_json::to_borrowed_value_with_buffers(buf, &mut self.buffers) {
-            Ok(value) => validate(value, &self.limits, duplicate_key),
-            Err(_) => Err(EnvelopeError::new(
-                EnvelopeRule::MalformedJson,
-                raw_pid.and_then(|raw| raw.decode()).as_deref(),
-            )),
+        let limits = self.limits;
+        let Ok(mut found) = scan_envelope(buf, &limits) else {
+            return Err(refusal(buf, &limits));
+        };
+        if found.pid.is_some_and(Slot::escaped) || found.kind.is_some_and(Slot::escaped) {
+            // The rare path: check UTF-8 before touching the bytes, so a refusal still sees
+            // the text as sent.
+            if std::str::from_utf8(buf).is_err() {
+                return Err(refusal(buf, &limits));
+            }
+            for slot in [&mut found.pid, &mut found.kind].into_iter().flatten() {
+                if slot.escaped() && decode_in_place(buf, slot, &mut self.scratch).is_none() {
+                    return Err(refusal(buf, &limits));
+                }
+            }
+        }
+        let buf: &'a [u8] = buf;
+        match std::str::from_utf8(buf) {
+            Ok(text) => validate(text, &found, &limits),
+            Err(_) => Err(refusal(buf, &limits)),
         }
     }
 }
 
-/// One-shot form of [`EnvelopeParser::parse`] (allocates simd-json's scratch each call;
-/// shards should keep an `EnvelopeParser`).
+/// One-shot form of [`EnvelopeParser::parse`].
 ///
 /// # Errors
 /// See [`EnvelopeParser::parse`].
@@ -131,9 +172,396 @@ pub fn parse_client<'a>(
     EnvelopeParser::new(*limits).parse(buf)
 }
 
-/// The raw text of the top-level `"pid"` string as the pre-scan saw it, copied out before
-/// simd-json runs (simd-json rewrites escaped strings in place, and the borrow checker
-/// would not let the error path look at `buf` again anyway). At most 128 bytes inline.
+/// Where one top-level field's value is. For strings, `content` is the text between the
+/// quotes (after in-place decoding, the decoded text).
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    start: usize,
+    end: usize,
+    kind: Kind,
+    content: (usize, usize),
+}
+
+impl Slot {
+    fn escaped(self) -> bool {
+        self.kind == Kind::String { escaped: true }
+    }
+}
+
+/// What the validating pass found in a well-formed message.
+#[derive(Debug, Default)]
+struct Found {
+    /// The top-level value is an object.
+    object: bool,
+    /// A top-level envelope key appeared twice (the slots keep the first).
+    duplicate: bool,
+    pid: Option<Slot>,
+    kind: Option<Slot>,
+    target: Option<Slot>,
+    payload: Option<Slot>,
+    /// The payload is an object with no key named like a server-set `data_event` field and
+    /// no escaped key.
+    plain_payload: bool,
+    /// Its members the gateway reads.
+    known: KnownFields,
+}
+
+const TYPE: u8 = 1;
+const PID: u8 = 2;
+const TARGET: u8 = 4;
+const PAYLOAD: u8 = 8;
+
+/// The validating pass: the whole text must be one JSON value within the depth limit.
+fn scan_envelope(buf: &[u8], limits: &EnvelopeLimits) -> Result<Found, Fail> {
+    let mut sc = Scanner::new(buf, limits.max_depth);
+    let mut found = Found::default();
+    sc.skip_ws();
+    if sc.peek() != Some(b'{') || limits.max_depth == 0 {
+        sc.value(0)?;
+        sc.skip_ws();
+        return if sc.at_end() {
+            Ok(found)
+        } else {
+            Err(Fail::Syntax)
+        };
+    }
+    found.object = true;
+    sc.pos += 1;
+    sc.skip_ws();
+    let mut seen = 0u8;
+    if sc.peek() == Some(b'}') {
+        sc.pos += 1;
+    } else {
+        loop {
+            if sc.peek() != Some(b'"') {
+                return Err(Fail::Syntax);
+            }
+            let (key_start, key_end, key_escaped) = sc.string()?;
+            let bit =
+                envelope_key_bit(buf.get(key_start..key_end).unwrap_or_default(), key_escaped);
+            sc.skip_ws();
+            sc.expect(b':')?;
+            sc.skip_ws();
+            let start = sc.pos;
+            let kind = if bit == PAYLOAD && seen & PAYLOAD == 0 && sc.peek() == Some(b'{') {
+                let mut plain = true;
+                let mut known = KnownFields {
+                    complete: u32::try_from(buf.len()).is_ok(),
+                    ..KnownFields::default()
+                };
+                sc.object_members(1, |key, escaped, value_start, value_end| {
+                    if escaped {
+                        plain = false;
+                        known.complete = false;
+                    } else if super::write::is_server_set_key(key) {
+                        plain = false;
+                    } else if let Some(slot) = known_index(key).and_then(|i| known.spans.get_mut(i))
+                    {
+                        if *slot == (0, 0) {
+                            // Lossless: `complete` is false when the message exceeds u32.
+                            let relative = |at: usize| (at - start) as u32;
+                            *slot = (relative(value_start), relative(value_end));
+                        }
+                    }
+                })?;
+                found.plain_payload = plain;
+                found.known = known;
+                Kind::Object
+            } else {
+                sc.value(1)?
+            };
+            let slot = Slot {
+                start,
+                end: sc.pos,
+                kind,
+                content: (start + 1, sc.pos.saturating_sub(1)),
+            };
+            if seen & bit != 0 {
+                found.duplicate = true;
+            } else {
+                match bit {
+                    TYPE => found.kind = Some(slot),
+                    PID => found.pid = Some(slot),
+                    TARGET => found.target = Some(slot),
+                    PAYLOAD => found.payload = Some(slot),
+                    _ => {}
+                }
+            }
+            seen |= bit;
+            sc.skip_ws();
+            match sc.peek() {
+                Some(b',') => {
+                    sc.pos += 1;
+                    sc.skip_ws();
+                }
+                Some(b'}') => {
+                    sc.pos += 1;
+                    break;
+                }
+                _ => return Err(Fail::Syntax),
+            }
+        }
+    }
+    sc.skip_ws();
+    if sc.at_end() {
+        Ok(found)
+    } else {
+        Err(Fail::Syntax)
+    }
+}
+
+/// Decodes a string slot's escapes over its own bytes (the decoded text is never longer)
+/// and blanks the leftover with spaces, so `buf` stays valid UTF-8.
+fn decode_in_place(buf: &mut [u8], slot: &mut Slot, scratch: &mut Vec<u8>) -> Option<()> {
+    let (start, end) = slot.content;
+    scratch.clear();
+    unescape_into(buf.get(start..end)?, scratch)?;
+    let decoded_end = start + scratch.len();
+    buf.get_mut(start..decoded_end)?.copy_from_slice(scratch);
+    buf.get_mut(decoded_end..end)?.fill(b' ');
+    slot.content = (start, decoded_end);
+    Some(())
+}
+
+/// The answer to a text the validating pass refused: 413 when the pre-scan finds it nested
+/// too deeply anywhere, else 400; with the pid the pre-scan could read.
+fn refusal(buf: &[u8], limits: &EnvelopeLimits) -> EnvelopeError {
+    match prescan(buf, limits) {
+        Err(pid) => EnvelopeError::new(EnvelopeRule::TooDeep, pid.as_deref()),
+        Ok(scan) => EnvelopeError::new(
+            EnvelopeRule::MalformedJson,
+            scan.pid.and_then(RawPid::decode).as_deref(),
+        ),
+    }
+}
+
+/// The top-level rules of spec §4, in the order the error codes are decided.
+fn validate<'a>(
+    text: &'a str,
+    found: &Found,
+    limits: &EnvelopeLimits,
+) -> Result<ClientEnvelope<'a>, EnvelopeError> {
+    if !found.object {
+        return Err(EnvelopeError::new(EnvelopeRule::NotAnObject, None));
+    }
+    let content = |slot: Slot| text.get(slot.content.0..slot.content.1).unwrap_or_default();
+    let raw = |slot: Slot| RawJson::validated(text.get(slot.start..slot.end).unwrap_or_default());
+    let pid = match found.pid {
+        None => None,
+        Some(slot) => match slot.kind {
+            Kind::Null => None,
+            Kind::String { .. } => {
+                let s = content(slot);
+                if s.len() > limits.max_pid_len {
+                    return Err(EnvelopeError::new(EnvelopeRule::PidTooLong, None));
+                }
+                (!s.is_empty()).then_some(s)
+            }
+            _ => return Err(EnvelopeError::new(EnvelopeRule::PidNotString, None)),
+        },
+    };
+    let fail = |rule| Err(EnvelopeError::new(rule, pid));
+    if found.duplicate {
+        return fail(EnvelopeRule::DuplicateField);
+    }
+    let kind = match found.kind {
+        None => return fail(EnvelopeRule::MissingType),
+        Some(slot) if matches!(slot.kind, Kind::String { .. }) => {
+            MessageType::from_wire(content(slot))
+        }
+        Some(_) => return fail(EnvelopeRule::TypeNotString),
+    };
+    let Some(payload_slot) = found.payload else {
+        return fail(EnvelopeRule::MissingPayload);
+    };
+    let mut payload = raw(payload_slot);
+    payload.plain_members = found.plain_payload;
+    let target_user_id = match found.target {
+        None => None,
+        Some(slot) => match parse_user_id(raw(slot)) {
+            Some(id) => Some(id),
+            None => return fail(EnvelopeRule::InvalidTargetUserId),
+        },
+    };
+    Ok(ClientEnvelope {
+        pid,
+        kind,
+        target_user_id,
+        payload,
+        known: found.known,
+    })
+}
+
+/// A user id as clients send it: a JSON integer 1..=2^53−1, or the same as a plain decimal
+/// string (no sign, no leading zero, no exponent). Floats (even `5.0`), `0`, negatives:
+/// `None`.
+#[must_use]
+pub fn parse_user_id(value: RawJson<'_>) -> Option<u64> {
+    let id = match value.json().as_bytes().first()? {
+        b'"' => parse_decimal_id(&value.as_str()?)?,
+        b'1'..=b'9' => parse_decimal_id(value.json())?,
+        _ => return None,
+    };
+    (1..=MAX_USER_ID).contains(&id).then_some(id)
+}
+
+fn parse_decimal_id(s: &str) -> Option<u64> {
+    let bytes = s.as_bytes();
+    // 2^53−1 has 16 digits; longer strings cannot be valid and must not overflow.
+    if bytes.is_empty() || bytes.len() > 16 || bytes.first() == Some(&b'0') {
+        return None;
+    }
+    bytes.iter().try_fold(0u64, |acc, &c| {
+        c.is_ascii_digit().then(|| acc * 10 + u64::from(c - b'0'))
+    })
+}
+
+impl<'a> ClientEnvelope<'a> {
+    /// An error for a rule the gateway found broken, carrying this envelope's pid.
+    #[must_use]
+    pub fn error(&self, rule: EnvelopeRule) -> EnvelopeError {
+        EnvelopeError::new(rule, self.pid)
+    }
+
+    /// `payload.<key>` when the payload is an object (the first of repeated keys).
+    #[must_use]
+    pub fn payload_field(&self, key: &str) -> Option<RawJson<'a>> {
+        match KNOWN_KEYS.iter().position(|k| *k == key) {
+            Some(i) if self.known.complete => self.known_field(i),
+            _ => self.payload.get(key),
+        }
+    }
+
+    /// A member of [`KNOWN_KEYS`] by index, from the spans the parser recorded.
+    fn known_field(&self, index: usize) -> Option<RawJson<'a>> {
+        if !self.known.complete {
+            return KNOWN_KEYS.get(index).and_then(|k| self.payload.get(k));
+        }
+        let &(start, end) = self.known.spans.get(index)?;
+        let text = self.payload.json().get(start as usize..end as usize)?;
+        (end > start).then(|| RawJson::validated(text))
+    }
+
+    fn known_str(&self, index: usize) -> Option<Cow<'a, str>> {
+        self.known_field(index)?.as_str()
+    }
+
+    /// `payload.<key>` when it is a string (borrowed unless it has escapes).
+    #[must_use]
+    pub fn payload_str(&self, key: &str) -> Option<Cow<'a, str>> {
+        self.payload_field(key)?.as_str()
+    }
+
+    /// `payload.resource` (e.g. `"notification"`).
+    #[must_use]
+    pub fn resource(&self) -> Option<Cow<'a, str>> {
+        self.known_str(0)
+    }
+
+    /// `payload.action` (generic_request).
+    #[must_use]
+    pub fn action(&self) -> Option<Cow<'a, str>> {
+        self.known_str(1)
+    }
+
+    /// `payload.status` (presence_update, client_ack).
+    #[must_use]
+    pub fn status(&self) -> Option<Cow<'a, str>> {
+        self.known_str(2)
+    }
+
+    /// `payload.acknowledgedPid` (client_ack).
+    #[must_use]
+    pub fn acknowledged_pid(&self) -> Option<Cow<'a, str>> {
+        self.known_str(3)
+    }
+
+    /// `payload.context` (presence_update), any JSON value; store it with
+    /// [`super::to_json_bytes`].
+    #[must_use]
+    pub fn context(&self) -> Option<RawJson<'a>> {
+        self.known_field(5)
+    }
+
+    /// `payload.data`.
+    #[must_use]
+    pub fn data(&self) -> Option<RawJson<'a>> {
+        self.known_field(6)
+    }
+
+    /// `payload.data.<key>` when it is a string (e.g. `token` for `refresh_token`).
+    #[must_use]
+    pub fn data_str(&self, key: &str) -> Option<Cow<'a, str>> {
+        self.data()?.get(key)?.as_str()
+    }
+
+    /// `payload.data.token` (refresh_token).
+    #[must_use]
+    pub fn data_token(&self) -> Option<Cow<'a, str>> {
+        self.data_str("token")
+    }
+
+    /// `payload.data.targetUsers` into `out` (cleared first). `Ok(false)` when absent.
+    ///
+    /// # Errors
+    /// 422 when not an array of user ids; 413 when longer than `cap`.
+    pub fn target_users(&self, cap: usize, out: &mut Vec<u64>) -> Result<bool, EnvelopeError> {
+        self.data_id_list("targetUsers", EnvelopeRule::InvalidTargetUsers, cap, out)
+    }
+
+    /// `payload.data.userIds` into `out` (cleared first), for `get_presence`.
+    /// `Ok(false)` when absent.
+    ///
+    /// # Errors
+    /// 422 when not an array of user ids; 413 when longer than `cap`.
+    pub fn user_ids(&self, cap: usize, out: &mut Vec<u64>) -> Result<bool, EnvelopeError> {
+        self.data_id_list("userIds", EnvelopeRule::InvalidUserIds, cap, out)
+    }
+
+    fn data_id_list(
+        &self,
+        key: &str,
+        invalid: EnvelopeRule,
+        cap: usize,
+        out: &mut Vec<u64>,
+    ) -> Result<bool, EnvelopeError> {
+        out.clear();
+        let Some(list) = self.data().and_then(|d| d.get(key)) else {
+            return Ok(false);
+        };
+        if !list.is_array() {
+            return Err(self.error(invalid));
+        }
+        // The length is judged before the items, as a 413 outranks a bad item.
+        if list.elements().nth(cap).is_some() {
+            return Err(self.error(EnvelopeRule::TooManyUserIds));
+        }
+        for item in list.elements() {
+            out.push(parse_user_id(item).ok_or_else(|| self.error(invalid))?);
+        }
+        Ok(true)
+    }
+
+    /// The presence target: top-level `targetUserId`, else `payload.targetUserId`
+    /// (spec §5.4 allows either; the top level wins when both are given).
+    ///
+    /// # Errors
+    /// 422 when `payload.targetUserId` is present but not a user id.
+    pub fn presence_target_user_id(&self) -> Result<Option<u64>, EnvelopeError> {
+        if let Some(id) = self.target_user_id {
+            return Ok(Some(id));
+        }
+        match self.known_field(7) {
+            None => Ok(None),
+            Some(v) => parse_user_id(v)
+                .map(Some)
+                .ok_or_else(|| self.error(EnvelopeRule::InvalidTargetUserId)),
+        }
+    }
+}
+
+/// The raw text of the top-level `"pid"` string as the pre-scan saw it, for the error
+/// answer. At most 128 bytes inline.
 #[derive(Debug)]
 struct RawPid {
     /// String content without quotes; still escaped when `escaped`.
@@ -162,28 +590,20 @@ impl RawPid {
 struct Prescan {
     /// The raw top-level `pid`, for error answers.
     pid: Option<RawPid>,
-    /// A top-level envelope key (`type`, `pid`, `targetUserId`, `payload`) appears twice.
-    /// simd-json keeps repeated keys only in objects of up to 32 keys (larger objects are
-    /// hash-backed and keep the last value), so `validate` cannot see every repeat itself
-    /// (found by the `envelope` fuzz target).
-    duplicate_key: bool,
 }
 
-/// One byte pass over the message, before simd-json: refuses nesting deeper than
-/// `max_depth` (so no later stage can recurse deeply), copies out the top-level `pid`
-/// string for error answers and notes repeated top-level envelope keys. It tracks only
-/// string boundaries and brackets, so on malformed input both are best effort (simd-json
-/// then refuses the text anyway). Returns `Err(pid so far)` when too deep.
+/// The error path's byte pass over a refused message: finds nesting deeper than
+/// `max_depth` anywhere (413 outranks 400) and copies out the top-level `pid` string for the
+/// error answer, even one written after the damage. It tracks only string boundaries and
+/// brackets, so on malformed input the pid is best effort. Returns `Err(pid so far)` when
+/// too deep.
 fn prescan(buf: &[u8], limits: &EnvelopeLimits) -> Result<Prescan, Option<String>> {
     let scan = scan_spans(buf, limits.max_depth);
     let pid = scan.pid.and_then(|s| raw_pid(buf, s, limits));
     if scan.too_deep {
         return Err(pid.and_then(RawPid::decode));
     }
-    Ok(Prescan {
-        pid,
-        duplicate_key: scan.duplicate_key,
-    })
+    Ok(Prescan { pid })
 }
 
 /// Copies the pid span out, if it can be a valid pid at all.
@@ -211,18 +631,16 @@ struct Spans {
     pid: Option<(usize, usize, bool)>,
     /// Nesting went past `max_depth` (scanning stopped there).
     too_deep: bool,
-    /// A top-level envelope key was seen twice.
-    duplicate_key: bool,
 }
 
 /// Which envelope key (as a bit) a top-level key's raw content is; 0 for any other key.
 /// Escaped keys (`"p\u0069d"`, rare) are decoded first so they cannot hide a repeat.
 fn envelope_key_bit(raw: &[u8], escaped: bool) -> u8 {
     let bit = |k: &[u8]| match k {
-        b"type" => 1,
-        b"pid" => 2,
-        b"targetUserId" => 4,
-        b"payload" => 8,
+        b"type" => TYPE,
+        b"pid" => PID,
+        b"targetUserId" => TARGET,
+        b"payload" => PAYLOAD,
         _ => 0,
     };
     if !escaped {
@@ -232,17 +650,12 @@ fn envelope_key_bit(raw: &[u8], escaped: bool) -> u8 {
     if raw.len() > 6 * "targetUserId".len() {
         return 0;
     }
-    let mut quoted = Vec::with_capacity(raw.len() + 2);
-    quoted.push(b'"');
-    quoted.extend_from_slice(raw);
-    quoted.push(b'"');
-    serde_json::from_slice::<String>(&quoted).map_or(0, |k| bit(k.as_bytes()))
+    let mut decoded = Vec::with_capacity(raw.len());
+    unescape_into(raw, &mut decoded).map_or(0, |()| bit(&decoded))
 }
 
 /// The scanning loop of [`prescan`].
 fn scan_spans(buf: &[u8], max_depth: usize) -> Spans {
-    let mut seen_keys = 0u8;
-    let mut duplicate_key = false;
     let mut depth = 0usize;
     let mut expect_key = false;
     let mut after_pid_key = false;
@@ -258,9 +671,6 @@ fn scan_spans(buf: &[u8], max_depth: usize) -> Spans {
                     if expect_key {
                         let raw = buf.get(start..end).unwrap_or_default();
                         after_pid_key = !escaped && raw == b"pid";
-                        let key = envelope_key_bit(raw, escaped);
-                        duplicate_key |= seen_keys & key != 0;
-                        seen_keys |= key;
                         expect_key = false;
                     } else if want_pid_value {
                         want_pid_value = false;
@@ -278,7 +688,6 @@ fn scan_spans(buf: &[u8], max_depth: usize) -> Spans {
                     return Spans {
                         pid,
                         too_deep: true,
-                        duplicate_key,
                     };
                 }
                 expect_key = depth == 1 && b == b'{';
@@ -300,7 +709,6 @@ fn scan_spans(buf: &[u8], max_depth: usize) -> Spans {
     Spans {
         pid,
         too_deep: false,
-        duplicate_key,
     }
 }
 
@@ -354,225 +762,6 @@ fn find_quote_or_backslash(hay: &[u8]) -> Option<usize> {
         .iter()
         .position(|&c| c == b'"' || c == b'\\')
         .map(|p| base + p)
-}
-
-/// The top-level rules of spec §4, in one pass over the object's keys.
-fn validate<'a>(
-    value: BorrowedValue<'a>,
-    limits: &EnvelopeLimits,
-    duplicate_key: bool,
-) -> Result<ClientEnvelope<'a>, EnvelopeError> {
-    let BorrowedValue::Object(object) = value else {
-        return Err(EnvelopeError::new(EnvelopeRule::NotAnObject, None));
-    };
-    let mut kind = None;
-    let mut pid = None;
-    let mut target = None;
-    let mut payload = None;
-    let mut duplicate = duplicate_key;
-    for (key, v) in *object {
-        let slot = match key.as_ref() {
-            "type" => &mut kind,
-            "pid" => &mut pid,
-            "targetUserId" => &mut target,
-            "payload" => &mut payload,
-            _ => continue,
-        };
-        if slot.is_some() {
-            duplicate = true;
-        } else {
-            *slot = Some(v);
-        }
-    }
-
-    let pid = match pid {
-        None | Some(BorrowedValue::Static(StaticNode::Null)) => None,
-        Some(BorrowedValue::String(Cow::Borrowed(s))) => {
-            if s.len() > limits.max_pid_len {
-                return Err(EnvelopeError::new(EnvelopeRule::PidTooLong, None));
-            }
-            (!s.is_empty()).then_some(s)
-        }
-        Some(_) => return Err(EnvelopeError::new(EnvelopeRule::PidNotString, None)),
-    };
-    let fail = |rule| Err(EnvelopeError::new(rule, pid));
-    if duplicate {
-        return fail(EnvelopeRule::DuplicateField);
-    }
-    let kind = match kind {
-        None => return fail(EnvelopeRule::MissingType),
-        // simd-json's borrowed parse always borrows strings from the input (escapes are
-        // rewritten in place); an owned one would need a copy we refuse to make.
-        Some(BorrowedValue::String(Cow::Borrowed(s))) => MessageType::from_wire(s),
-        Some(_) => return fail(EnvelopeRule::TypeNotString),
-    };
-    let Some(payload) = payload else {
-        return fail(EnvelopeRule::MissingPayload);
-    };
-    let target_user_id = match target {
-        None => None,
-        Some(v) => match parse_user_id(&v) {
-            Some(id) => Some(id),
-            None => return fail(EnvelopeRule::InvalidTargetUserId),
-        },
-    };
-    Ok(ClientEnvelope {
-        pid,
-        kind,
-        target_user_id,
-        payload,
-    })
-}
-
-/// A user id as clients send it: a JSON integer 1..=2^53−1, or the same as a plain decimal
-/// string (no sign, no leading zero, no exponent). Floats, `0`, negatives: `None`.
-#[must_use]
-pub fn parse_user_id(value: &BorrowedValue<'_>) -> Option<u64> {
-    let id = match value {
-        BorrowedValue::Static(StaticNode::U64(n)) => *n,
-        BorrowedValue::Static(StaticNode::I64(n)) => u64::try_from(*n).ok()?,
-        BorrowedValue::String(s) => parse_decimal_id(s)?,
-        _ => return None,
-    };
-    (1..=MAX_USER_ID).contains(&id).then_some(id)
-}
-
-fn parse_decimal_id(s: &str) -> Option<u64> {
-    let bytes = s.as_bytes();
-    // 2^53−1 has 16 digits; longer strings cannot be valid and must not overflow.
-    if bytes.is_empty() || bytes.len() > 16 || bytes.first() == Some(&b'0') {
-        return None;
-    }
-    bytes.iter().try_fold(0u64, |acc, &c| {
-        c.is_ascii_digit().then(|| acc * 10 + u64::from(c - b'0'))
-    })
-}
-
-impl<'a> ClientEnvelope<'a> {
-    /// An error for a rule the gateway found broken, carrying this envelope's pid.
-    #[must_use]
-    pub fn error(&self, rule: EnvelopeRule) -> EnvelopeError {
-        EnvelopeError::new(rule, self.pid)
-    }
-
-    /// `payload.<key>` when the payload is an object.
-    #[must_use]
-    pub fn payload_field(&self, key: &str) -> Option<&BorrowedValue<'a>> {
-        self.payload.as_object()?.get(key)
-    }
-
-    /// `payload.<key>` when it is a string.
-    #[must_use]
-    pub fn payload_str(&self, key: &str) -> Option<&str> {
-        self.payload_field(key)?.as_str()
-    }
-
-    /// `payload.resource` (e.g. `"notification"`).
-    #[must_use]
-    pub fn resource(&self) -> Option<&str> {
-        self.payload_str("resource")
-    }
-
-    /// `payload.action` (generic_request).
-    #[must_use]
-    pub fn action(&self) -> Option<&str> {
-        self.payload_str("action")
-    }
-
-    /// `payload.status` (presence_update, client_ack).
-    #[must_use]
-    pub fn status(&self) -> Option<&str> {
-        self.payload_str("status")
-    }
-
-    /// `payload.acknowledgedPid` (client_ack).
-    #[must_use]
-    pub fn acknowledged_pid(&self) -> Option<&str> {
-        self.payload_str("acknowledgedPid")
-    }
-
-    /// `payload.context` (presence_update), any JSON value; store it with
-    /// [`super::to_json_bytes`].
-    #[must_use]
-    pub fn context(&self) -> Option<&BorrowedValue<'a>> {
-        self.payload_field("context")
-    }
-
-    /// `payload.data`.
-    #[must_use]
-    pub fn data(&self) -> Option<&BorrowedValue<'a>> {
-        self.payload_field("data")
-    }
-
-    /// `payload.data.<key>` when it is a string (e.g. `token` for `refresh_token`).
-    #[must_use]
-    pub fn data_str(&self, key: &str) -> Option<&str> {
-        self.data()?.as_object()?.get(key)?.as_str()
-    }
-
-    /// `payload.data.token` (refresh_token).
-    #[must_use]
-    pub fn data_token(&self) -> Option<&str> {
-        self.data_str("token")
-    }
-
-    /// `payload.data.targetUsers` into `out` (cleared first). `Ok(false)` when absent.
-    ///
-    /// # Errors
-    /// 422 when not an array of user ids; 413 when longer than `cap`.
-    pub fn target_users(&self, cap: usize, out: &mut Vec<u64>) -> Result<bool, EnvelopeError> {
-        self.data_id_list("targetUsers", EnvelopeRule::InvalidTargetUsers, cap, out)
-    }
-
-    /// `payload.data.userIds` into `out` (cleared first), for `get_presence`.
-    /// `Ok(false)` when absent.
-    ///
-    /// # Errors
-    /// 422 when not an array of user ids; 413 when longer than `cap`.
-    pub fn user_ids(&self, cap: usize, out: &mut Vec<u64>) -> Result<bool, EnvelopeError> {
-        self.data_id_list("userIds", EnvelopeRule::InvalidUserIds, cap, out)
-    }
-
-    fn data_id_list(
-        &self,
-        key: &str,
-        invalid: EnvelopeRule,
-        cap: usize,
-        out: &mut Vec<u64>,
-    ) -> Result<bool, EnvelopeError> {
-        out.clear();
-        let Some(list) = self.data().and_then(|d| d.as_object()?.get(key)) else {
-            return Ok(false);
-        };
-        let Some(items) = list.as_array() else {
-            return Err(self.error(invalid));
-        };
-        if items.len() > cap {
-            return Err(self.error(EnvelopeRule::TooManyUserIds));
-        }
-        out.reserve(items.len());
-        for item in items {
-            out.push(parse_user_id(item).ok_or_else(|| self.error(invalid))?);
-        }
-        Ok(true)
-    }
-
-    /// The presence target: top-level `targetUserId`, else `payload.targetUserId`
-    /// (spec §5.4 allows either; the top level wins when both are given).
-    ///
-    /// # Errors
-    /// 422 when `payload.targetUserId` is present but not a user id.
-    pub fn presence_target_user_id(&self) -> Result<Option<u64>, EnvelopeError> {
-        if let Some(id) = self.target_user_id {
-            return Ok(Some(id));
-        }
-        match self.payload_field("targetUserId") {
-            None => Ok(None),
-            Some(v) => parse_user_id(v)
-                .map(Some)
-                .ok_or_else(|| self.error(EnvelopeRule::InvalidTargetUserId)),
-        }
-    }
 }
 
 /// Runs only the pre-scan (for `benches/envelope.rs`, to show its share of a parse).
@@ -746,7 +935,7 @@ mod tests {
         // Truncated message.
         let e = err(r#"{"type":"data_request","pid":"abc-2","payload":{"x":"#);
         assert_eq!(e.original_pid.as_deref(), Some("abc-2"));
-        // Escaped strings before the pid are rewritten by simd-json; the pid survives.
+        // Escaped strings before the pid do not confuse the pre-scan.
         let e = err(r#"{"a":"q\"\u0041\n","pid":"abc-3","payload":tru}"#);
         assert_eq!(e.original_pid.as_deref(), Some("abc-3"));
         // An escaped pid is decoded from the copy taken before parsing.
@@ -828,7 +1017,7 @@ mod tests {
             let text = format!(r#"{{"pid":"n","type":"t","payload":{{"v":{n}}}}}"#);
             let mut buf = text.clone().into_bytes();
             match parse_client(&mut buf, &limits()) {
-                Ok(env) => assert!(env.payload.as_object().is_some(), "{n}"),
+                Ok(env) => assert!(env.payload.is_object(), "{n}"),
                 Err(e) => {
                     assert_eq!(e.code, 400, "{n}");
                     assert_eq!(e.original_pid.as_deref(), Some("n"));
@@ -858,13 +1047,17 @@ mod tests {
     fn payload_helpers() {
         let mut buf = br#"{"pid":"h1","type":"generic_request","payload":{"action":"get_presence","resource":"notification","status":"away","acknowledgedPid":"s-9","context":{"room":"r"},"targetUserId":"77","data":{"userIds":[1,"2",3],"targetUsers":[9],"token":"jwt"}}}"#.to_vec();
         let env = parse_client(&mut buf, &limits()).unwrap();
-        assert_eq!(env.action(), Some("get_presence"));
-        assert_eq!(env.resource(), Some("notification"));
-        assert_eq!(env.status(), Some("away"));
-        assert_eq!(env.acknowledged_pid(), Some("s-9"));
-        assert_eq!(env.data_token(), Some("jwt"));
+        assert_eq!(env.action().as_deref(), Some("get_presence"));
+        assert_eq!(env.resource().as_deref(), Some("notification"));
+        assert_eq!(env.status().as_deref(), Some("away"));
+        assert_eq!(env.acknowledged_pid().as_deref(), Some("s-9"));
+        assert_eq!(env.data_token().as_deref(), Some("jwt"));
         assert_eq!(env.payload_str("nope"), None);
-        assert!(env.context().unwrap().as_object().is_some());
+        assert!(
+            matches!(env.action(), Some(Cow::Borrowed(_))),
+            "no copy without escapes"
+        );
+        assert_eq!(env.context().unwrap().json(), r#"{"room":"r"}"#);
         assert_eq!(env.presence_target_user_id().unwrap(), Some(77));
         let mut ids = vec![5];
         assert!(env.user_ids(10, &mut ids).unwrap());
@@ -930,5 +1123,238 @@ mod tests {
         }
         // High bytes (UTF-8) are not matches.
         assert_eq!(find_quote_or_backslash("ééééé\"".as_bytes()), Some(10));
+    }
+
+    #[test]
+    fn escaped_pid_and_type_are_decoded_in_place_and_payload_kept() {
+        let mut buf =
+            br#"{"pid":"p\u00e9\"1","type":"data_\u0072equest","payload":{"t":"a\nb"}}"#.to_vec();
+        let env = parse_client(&mut buf, &limits()).unwrap();
+        assert_eq!(env.pid, Some("pé\"1"));
+        assert_eq!(env.kind, MessageType::DataRequest);
+        assert_eq!(env.payload.json(), r#"{"t":"a\nb"}"#);
+        assert_eq!(env.payload_str("t").as_deref(), Some("a\nb"));
+        // Escaped envelope keys still count as repeats.
+        let e = err(r#"{"pid":"x","p\u0069d":"y","type":"t","payload":1}"#);
+        assert_eq!(e.rule, EnvelopeRule::DuplicateField);
+        // An escaped pid that decodes too long, or a type that is not a string.
+        let long = "\\u0041".repeat(129);
+        assert_eq!(
+            err(&format!(r#"{{"pid":"{long}","type":"t","payload":1}}"#)).rule,
+            EnvelopeRule::PidTooLong
+        );
+    }
+
+    #[test]
+    fn payload_values_read_lazily_with_escapes() {
+        let mut buf = br#"{"type":"generic_request","payload":{"action":"who\u0061mi","data":{"userIds":["1","\u0032",3]},"targetUserId":"\u0037"}}"#
+            .to_vec();
+        let env = parse_client(&mut buf, &limits()).unwrap();
+        assert_eq!(env.action().as_deref(), Some("whoami"));
+        let mut ids = Vec::new();
+        assert!(env.user_ids(3, &mut ids).unwrap());
+        assert_eq!(ids, [1, 2, 3]);
+        assert_eq!(
+            env.user_ids(2, &mut ids).unwrap_err().rule,
+            EnvelopeRule::TooManyUserIds
+        );
+        assert_eq!(env.presence_target_user_id().unwrap(), Some(7));
+    }
+
+    /// Random JSON-ish texts (valid envelopes, then byte edits): the parser accepts exactly
+    /// what serde_json accepts (within the depth limit) and reads the same fields.
+    #[test]
+    fn differential_against_serde_json() {
+        use rand::rngs::StdRng;
+        use rand::{Rng, SeedableRng};
+        use serde_json::Value;
+
+        fn string(rng: &mut StdRng) -> String {
+            const PIECES: [&str; 19] = [
+                "messageId",
+                "status",
+                "data",
+                "action",
+                "\\u0061",
+                "a",
+                "pid",
+                "type",
+                "é",
+                "漢",
+                "😀",
+                "\\n",
+                "\\\"",
+                "\\u00e9",
+                "\\ud83d\\ude00",
+                "\\ud83d",
+                "\\udc00",
+                "\\\\",
+                " ",
+            ];
+            let n = rng.random_range(0..4);
+            let body: String = (0..n)
+                .map(|_| PIECES[rng.random_range(0..PIECES.len())])
+                .collect();
+            format!("\"{body}\"")
+        }
+        fn value(rng: &mut StdRng, depth: usize) -> String {
+            const NUMBERS: [&str; 12] = [
+                "0",
+                "-0",
+                "7",
+                "42",
+                "1.5",
+                "-2e10",
+                "1E-400",
+                "1e400",
+                "9007199254740991",
+                "123456789012345678901234567890",
+                "0.1e1",
+                "3",
+            ];
+            match rng.random_range(0..if depth > 4 { 4 } else { 6 }) {
+                0 => string(rng),
+                1 => NUMBERS[rng.random_range(0..NUMBERS.len())].to_owned(),
+                2 => ["true", "false", "null"][rng.random_range(0..3)].to_owned(),
+                3 => string(rng),
+                4 => {
+                    let n = rng.random_range(0..4);
+                    let items: Vec<String> = (0..n).map(|_| value(rng, depth + 1)).collect();
+                    format!("[{}]", items.join(","))
+                }
+                _ => {
+                    let n = rng.random_range(0..4);
+                    let items: Vec<String> = (0..n)
+                        .map(|_| format!("{}:{}", string(rng), value(rng, depth + 1)))
+                        .collect();
+                    format!("{{{}}}", items.join(" , "))
+                }
+            }
+        }
+        let mut rng = StdRng::seed_from_u64(5);
+        let mut parser = EnvelopeParser::new(EnvelopeLimits {
+            max_depth: 8,
+            max_pid_len: 128,
+        });
+        let mut accepted = 0;
+        for round in 0..20_000 {
+            let mut fields = vec![
+                format!(
+                    r#""type":{}"#,
+                    if rng.random_bool(0.9) {
+                        "\"data_request\"".to_owned()
+                    } else {
+                        value(&mut rng, 1)
+                    }
+                ),
+                format!(r#""payload":{}"#, value(&mut rng, 1)),
+            ];
+            if rng.random_bool(0.7) {
+                fields.push(format!(
+                    r#""pid":{}"#,
+                    if rng.random_bool(0.8) {
+                        string(&mut rng)
+                    } else {
+                        value(&mut rng, 1)
+                    }
+                ));
+            }
+            if rng.random_bool(0.5) {
+                fields.push(format!(r#""targetUserId":{}"#, value(&mut rng, 1)));
+            }
+            if rng.random_bool(0.3) {
+                fields.push(format!("{}:{}", string(&mut rng), value(&mut rng, 1)));
+            }
+            let mut text = format!("{{{}}}", fields.join(",")).into_bytes();
+            // Byte edits on most rounds.
+            for _ in 0..rng.random_range(0..3) {
+                if text.is_empty() {
+                    break;
+                }
+                let at = rng.random_range(0..text.len());
+                match rng.random_range(0..3) {
+                    0 => {
+                        text.remove(at);
+                    }
+                    1 => {
+                        const BYTES: &[u8] = b"{}[]\",:\\ 0e-.nu\x01";
+                        text.insert(at, BYTES[rng.random_range(0..BYTES.len())]);
+                    }
+                    _ => text.truncate(at),
+                }
+            }
+            let reference = serde_json::from_slice::<Value>(&text).ok();
+            let depth_ok = |v: &Value| {
+                fn depth(v: &Value) -> usize {
+                    match v {
+                        Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+                        Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
+                        _ => 0,
+                    }
+                }
+                depth(v) <= 8
+            };
+            let shown = String::from_utf8_lossy(&text).into_owned();
+            let mut buf = text.clone();
+            match (parser.parse(&mut buf), reference) {
+                (Ok(env), Some(reference)) => {
+                    accepted += 1;
+                    assert_eq!(
+                        serde_json::from_str::<Value>(env.payload.json())
+                            .ok()
+                            .as_ref(),
+                        reference.get("payload"),
+                        "{round}: {shown}"
+                    );
+                    assert_eq!(
+                        env.kind.as_str(),
+                        reference["type"].as_str().unwrap_or("?"),
+                        "{shown}"
+                    );
+                    let pid = reference
+                        .get("pid")
+                        .and_then(Value::as_str)
+                        .filter(|p| !p.is_empty());
+                    assert_eq!(env.pid, pid, "{shown}");
+                    // The spans recorded while parsing agree with a walk of the payload.
+                    for key in KNOWN_KEYS {
+                        let walked = env.payload.get(key);
+                        assert_eq!(env.payload_field(key), walked, "{key}: {shown}");
+                    }
+                    let walked = env.payload.get("status").and_then(|v| v.as_str());
+                    assert_eq!(env.status(), walked, "{shown}");
+                    assert_eq!(env.data(), env.payload.get("data"), "{shown}");
+                    // The data_event carries the payload (minus server-set keys) as valid JSON.
+                    let mut out = Vec::new();
+                    let written =
+                        super::super::write_data_event(&mut out, 1, &env.payload, "n", 0, "m");
+                    match reference.get("payload") {
+                        Some(Value::Object(fields)) => {
+                            assert!(written.is_ok(), "{shown}");
+                            let event: Value = serde_json::from_slice(&out)
+                                .unwrap_or_else(|e| panic!("{e}: {shown}"));
+                            for (k, v) in fields {
+                                if !["senderName", "timestamp", "messageId"].contains(&k.as_str()) {
+                                    assert_eq!(&event["payload"][k], v, "{k}: {shown}");
+                                }
+                            }
+                            assert_eq!(event["payload"]["senderName"], "n", "{shown}");
+                        }
+                        _ => assert!(written.is_err(), "{shown}"),
+                    }
+                }
+                (Ok(_), None) => panic!("{round}: accepted what serde_json refuses: {shown}"),
+                (Err(e), Some(reference)) => assert!(
+                    !matches!(e.rule, EnvelopeRule::MalformedJson | EnvelopeRule::TooDeep)
+                        || (e.rule == EnvelopeRule::TooDeep && !depth_ok(&reference)),
+                    "{round}: refused valid JSON with {e:?}: {shown}"
+                ),
+                (Err(e), None) => assert!(
+                    matches!(e.rule, EnvelopeRule::MalformedJson | EnvelopeRule::TooDeep),
+                    "{round}: {e:?} for invalid JSON: {shown}"
+                ),
+            }
+        }
+        assert!(accepted > 2_000, "only {accepted} accepted");
     }
 }

@@ -5,13 +5,41 @@
 /// clamped here rather than printed in a form clients would refuse.
 const MAX_RFC3339_MS: u64 = 253_402_300_799_999;
 
-/// Appends `unix_ms` as `YYYY-MM-DDTHH:MM:SS.mmmZ` (always 24 bytes, UTC).
+use std::cell::Cell;
+
+/// Appends `unix_ms` as `YYYY-MM-DDTHH:MM:SS.mmmZ` (always 24 bytes, UTC). The date and
+/// time of day are computed once per second per thread (every `data_event` carries a
+/// timestamp, and a shard writes thousands per second); only the milliseconds are new.
 pub fn format_rfc3339_millis(unix_ms: u64, out: &mut Vec<u8>) {
+    thread_local! {
+        /// The last second formatted on this thread, and its first 19 bytes.
+        static LAST_SECOND: Cell<(u64, [u8; 19])> = const { Cell::new((u64::MAX, [0; 19])) };
+    }
     let ms = unix_ms.min(MAX_RFC3339_MS);
     let secs = ms / 1000;
+    let prefix = LAST_SECOND.with(|last| {
+        let (cached, prefix) = last.get();
+        if cached == secs {
+            return prefix;
+        }
+        let prefix = format_second(secs);
+        last.set((secs, prefix));
+        prefix
+    });
+    let millis = ms % 1000;
+    let mut tail = *b".000Z";
+    tail[1] = b'0' + (millis / 100) as u8;
+    tail[2] = b'0' + (millis / 10 % 10) as u8;
+    tail[3] = b'0' + (millis % 10) as u8;
+    out.extend_from_slice(&prefix);
+    out.extend_from_slice(&tail);
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of a Unix second.
+fn format_second(secs: u64) -> [u8; 19] {
     let (year, month, day) = civil_from_days(secs / 86_400);
     let sod = secs % 86_400;
-    let mut buf = [0u8; 24];
+    let mut buf = [0u8; 19];
     put4(&mut buf, 0, year);
     buf[4] = b'-';
     put2(&mut buf, 5, month);
@@ -23,12 +51,7 @@ pub fn format_rfc3339_millis(unix_ms: u64, out: &mut Vec<u8>) {
     put2(&mut buf, 14, sod / 60 % 60);
     buf[16] = b':';
     put2(&mut buf, 17, sod % 60);
-    buf[19] = b'.';
-    let millis = ms % 1000;
-    buf[20] = b'0' + (millis / 100) as u8;
-    put2(&mut buf, 21, millis % 100);
-    buf[23] = b'Z';
-    out.extend_from_slice(&buf);
+    buf
 }
 
 /// Howard Hinnant's `civil_from_days` for days since 1970-01-01 (non-negative only, since
@@ -46,13 +69,13 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (year, month, day)
 }
 
-// Callers pass constant in-bounds offsets into the fixed 24-byte buffer.
-fn put2(buf: &mut [u8; 24], at: usize, v: u64) {
+// Callers pass constant in-bounds offsets into the fixed 19-byte buffer.
+fn put2(buf: &mut [u8; 19], at: usize, v: u64) {
     buf[at] = b'0' + (v / 10 % 10) as u8;
     buf[at + 1] = b'0' + (v % 10) as u8;
 }
 
-fn put4(buf: &mut [u8; 24], at: usize, v: u64) {
+fn put4(buf: &mut [u8; 19], at: usize, v: u64) {
     put2(buf, at, v / 100);
     put2(buf, at + 2, v % 100);
 }
@@ -84,6 +107,27 @@ mod tests {
         assert_eq!(fmt(946_684_799_999), "1999-12-31T23:59:59.999Z");
         assert_eq!(fmt(253_402_300_799_999), "9999-12-31T23:59:59.999Z");
         assert_eq!(fmt(u64::MAX), "9999-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn cached_second_serves_only_its_own_milliseconds() {
+        for ms in [
+            1_000_000_123,
+            1_000_000_999,
+            1_000_001_000,
+            1_000_000_000,
+            5,
+            1_000_000_001,
+        ] {
+            let (secs, millis) = (ms / 1000, ms % 1000);
+            let want = format!(
+                "{}.{millis:03}Z",
+                std::str::from_utf8(&format_second(secs)).unwrap()
+            );
+            assert_eq!(fmt(ms), want);
+        }
+        assert_eq!(fmt(1_000_000_999), "1970-01-12T13:46:40.999Z");
+        assert_eq!(fmt(1_000_001_000), "1970-01-12T13:46:41.000Z");
     }
 
     #[test]

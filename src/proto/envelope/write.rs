@@ -2,9 +2,8 @@
 //! connection's outbound buffer, so nothing is copied twice). Field order and names follow
 //! gateway.md §4–5 exactly; every writer's output is checked against serde_json in tests.
 
+use super::scan::{find_string_special, RawJson};
 use super::time::format_rfc3339_millis;
-use simd_json::prelude::*;
-use simd_json::BorrowedValue;
 
 /// `data_event` needs the client's payload to be an object to add server fields to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -14,33 +13,58 @@ pub struct NotAnObject;
 /// Keys the server sets on every `data_event` payload; client values are dropped.
 const SERVER_SET_KEYS: [&str; 3] = ["senderName", "timestamp", "messageId"];
 
+/// Whether an unescaped key is one of [`SERVER_SET_KEYS`].
+pub(super) fn is_server_set_key(raw: &[u8]) -> bool {
+    SERVER_SET_KEYS.iter().any(|k| k.as_bytes() == raw)
+}
+
+/// JSON's four whitespace characters.
+fn is_json_ws(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\r')
+}
+
 /// `{"type":"data_event","fromUserId":N,"payload":{<client fields>,"senderName":…,
 /// "timestamp":"<RFC 3339 ms>","messageId":…}}` (spec §5.1). Client fields named like a
 /// server field are left out, so the output has no duplicate of them. Other client fields
-/// are copied in their order (repeated client keys stay repeated).
+/// are copied as the client wrote them, in their order (repeated client keys stay
+/// repeated); a payload the parser saw had none of those names is copied in one piece.
 ///
 /// # Errors
 /// [`NotAnObject`] when `payload` is not an object; `out` is then unchanged.
 pub fn write_data_event(
     out: &mut Vec<u8>,
     from_user: u64,
-    payload: &BorrowedValue<'_>,
+    payload: &RawJson<'_>,
     sender_name: &str,
     timestamp_ms: u64,
     message_id: &str,
 ) -> Result<(), NotAnObject> {
-    let object = payload.as_object().ok_or(NotAnObject)?;
+    if !payload.is_object() {
+        return Err(NotAnObject);
+    }
     out.extend_from_slice(br#"{"type":"data_event","fromUserId":"#);
     write_u64(out, from_user);
     out.extend_from_slice(br#","payload":{"#);
-    for (key, value) in object.iter() {
-        if SERVER_SET_KEYS.contains(&key.as_ref()) {
-            continue;
+    if payload.plain_members {
+        let text = payload.json();
+        let inner = text
+            .get(1..text.len().saturating_sub(1))
+            .unwrap_or_default()
+            .trim_matches(is_json_ws);
+        if !inner.is_empty() {
+            out.extend_from_slice(inner.as_bytes());
+            out.push(b',');
         }
-        write_json_str(out, key);
-        out.push(b':');
-        write_value(out, value);
-        out.push(b',');
+    } else {
+        for (key, value) in payload.members() {
+            if SERVER_SET_KEYS.iter().any(|k| key.string_eq(k)) {
+                continue;
+            }
+            out.extend_from_slice(key.json().as_bytes());
+            out.push(b':');
+            out.extend_from_slice(value.json().as_bytes());
+            out.push(b',');
+        }
     }
     out.extend_from_slice(br#""senderName":"#);
     write_json_str(out, sender_name);
@@ -238,23 +262,39 @@ pub fn write_get_presence_response<'e>(
     });
 }
 
-/// Serializes a value once so it can outlive the frame it was parsed from (presence
+/// Copies a value's JSON text so it can outlive the frame it was parsed from (presence
 /// contexts), to be spliced unescaped into later outputs.
 #[must_use]
-pub fn to_json_bytes(value: &BorrowedValue<'_>) -> Box<[u8]> {
-    let mut out = Vec::new();
-    write_value(&mut out, value);
-    out.into_boxed_slice()
+pub fn to_json_bytes(value: RawJson<'_>) -> Box<[u8]> {
+    value.json().as_bytes().into()
 }
 
 /// Appends `s` as a JSON string literal: `"` and `\` escaped, control characters as
 /// `\n`/`\t`/… or `\u00XX`, everything else (including non-ASCII UTF-8) passed through.
+/// A string with nothing to escape (nearly every name, id and pid) is copied whole; in
+/// others, the runs between escapes are found eight bytes at a time.
 pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
-    out.reserve(s.len() + 2);
+    let mut rest = s.as_bytes();
+    out.reserve(rest.len() + 2);
     out.push(b'"');
-    let bytes = s.as_bytes();
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    // Without an early exit this loop vectorizes; short names and ids then cost a few
+    // instructions instead of a search.
+    let needs_escape = rest.iter().fold(false, |acc, &b| {
+        acc | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if !needs_escape {
+        out.extend_from_slice(rest);
+        out.push(b'"');
+        return;
+    }
+    while let Some(at) = find_string_special(rest) {
+        let Some((plain, tail)) = rest.split_at_checked(at) else {
+            break;
+        };
+        out.extend_from_slice(plain);
+        let Some((&b, tail)) = tail.split_first() else {
+            break;
+        };
         let short = match b {
             b'"' => b'"',
             b'\\' => b'\\',
@@ -263,10 +303,8 @@ pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
             b'\t' => b't',
             0x08 => b'b',
             0x0c => b'f',
-            0x00..=0x1f => b'u',
-            _ => continue,
+            _ => b'u',
         };
-        out.extend_from_slice(bytes.get(start..i).unwrap_or_default());
         if short == b'u' {
             const HEX: &[u8; 16] = b"0123456789abcdef";
             out.extend_from_slice(b"\\u00");
@@ -276,9 +314,9 @@ pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
             out.push(b'\\');
             out.push(short);
         }
-        start = i + 1;
+        rest = tail;
     }
-    out.extend_from_slice(bytes.get(start..).unwrap_or_default());
+    out.extend_from_slice(rest);
     out.push(b'"');
 }
 
@@ -295,13 +333,6 @@ fn write_raw_or_null(out: &mut Vec<u8>, raw: Option<&[u8]>) {
 
 fn write_u64(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-}
-
-/// simd-json's generator: escapes like [`write_json_str`], floats via ryu, non-finite as
-/// `null`. Recursion is bounded by the parser's depth cap.
-fn write_value(out: &mut Vec<u8>, value: &BorrowedValue<'_>) {
-    // Writing into a Vec<u8> cannot fail.
-    let _ = value.write(out);
 }
 
 /// Longest id: 13 (nonce) + 1 + 4 (shard) + 1 + 13 (counter) = 32 bytes.
@@ -416,8 +447,15 @@ mod tests {
         })
     }
 
-    fn borrowed(text: &str) -> (Vec<u8>, usize) {
-        (text.as_bytes().to_vec(), text.len())
+    fn raw(text: &str) -> RawJson<'_> {
+        RawJson::parse(text, 64).expect("valid JSON")
+    }
+
+    /// The payload as the envelope parser hands it over (with its splice hint).
+    fn parsed_payload(buf: &mut [u8]) -> RawJson<'_> {
+        super::super::parse_client(buf, &super::super::EnvelopeLimits::default())
+            .expect("valid envelope")
+            .payload
     }
 
     const NASTY: &str = "q\"b\\s/\n\r\t\u{8}\u{c}\u{0}\u{1f}\u{7f} é 漢 😀 \u{2028}";
@@ -443,13 +481,23 @@ mod tests {
     }
 
     #[test]
+    fn json_str_matches_serde_json_at_every_position() {
+        for special in ['"', '\\', '\n', '\u{1}', 'é'] {
+            for at in 0..40 {
+                let mut text: String = "abcdefghij".repeat(4);
+                text.insert(at, special);
+                let mut out = Vec::new();
+                write_json_str(&mut out, &text);
+                assert_eq!(out, serde_json::to_vec(&text).unwrap(), "{text:?}");
+            }
+        }
+    }
+
+    #[test]
     fn data_event_shape_and_override() {
-        let (mut buf, _) = borrowed(
-            r#"{"action":"send_message","resource":"chat","data":{"text":"hi \"x\" \u00e9"},"senderName":"forged","timestamp":"1999","messageId":"fake","n":1.5}"#,
-        );
-        let value = simd_json::to_borrowed_value(&mut buf).unwrap();
+        let text = r#"{"action":"send_message","resource":"chat","data":{"text":"hi \"x\" \u00e9"},"senderName":"forged","timestamp":"1999","messageId":"fake","n":1.5}"#;
         let mut out = b"prefix".to_vec();
-        write_data_event(&mut out, 123, &value, NASTY, 1_795_849_200_123, "m-1").unwrap();
+        write_data_event(&mut out, 123, &raw(text), NASTY, 1_795_849_200_123, "m-1").unwrap();
         let text = std::str::from_utf8(&out[6..]).unwrap();
         for key in SERVER_SET_KEYS {
             assert_eq!(
@@ -478,20 +526,21 @@ mod tests {
 
     #[test]
     fn data_event_empty_and_non_object_payload() {
-        let (mut buf, _) = borrowed("{}");
-        let value = simd_json::to_borrowed_value(&mut buf).unwrap();
+        let empty = json!({"type":"data_event","fromUserId":1,"payload":{"senderName":"a","timestamp":"1970-01-01T00:00:00.000Z","messageId":"id"}});
         let mut out = Vec::new();
-        write_data_event(&mut out, 1, &value, "a", 0, "id").unwrap();
-        assert_eq!(
-            parsed(&out),
-            json!({"type":"data_event","fromUserId":1,"payload":{"senderName":"a","timestamp":"1970-01-01T00:00:00.000Z","messageId":"id"}})
-        );
+        write_data_event(&mut out, 1, &raw("{}"), "a", 0, "id").unwrap();
+        assert_eq!(parsed(&out), empty);
+        // The spliced form (the parser's hint) of empty and blank objects.
+        for payload in ["{}", "{ \n\t}"] {
+            let mut buf = format!(r#"{{"type":"t","payload":{payload}}}"#).into_bytes();
+            let mut out = Vec::new();
+            write_data_event(&mut out, 1, &parsed_payload(&mut buf), "a", 0, "id").unwrap();
+            assert_eq!(parsed(&out), empty, "{payload}");
+        }
         for text in ["[1]", "\"s\"", "null", "3"] {
-            let (mut buf, _) = borrowed(text);
-            let value = simd_json::to_borrowed_value(&mut buf).unwrap();
             let mut out = b"keep".to_vec();
             assert_eq!(
-                write_data_event(&mut out, 1, &value, "a", 0, "id"),
+                write_data_event(&mut out, 1, &raw(text), "a", 0, "id"),
                 Err(NotAnObject)
             );
             assert_eq!(out, b"keep");
@@ -500,11 +549,43 @@ mod tests {
 
     #[test]
     fn data_event_escapes_client_keys() {
-        let (mut buf, _) = borrowed(r#"{"k\"\u0001\\":"v"}"#);
-        let value = simd_json::to_borrowed_value(&mut buf).unwrap();
         let mut out = Vec::new();
-        write_data_event(&mut out, 9, &value, "s", 0, "i").unwrap();
+        write_data_event(&mut out, 9, &raw(r#"{"k\"\u0001\\":"v"}"#), "s", 0, "i").unwrap();
         assert_eq!(parsed(&out)["payload"]["k\"\u{1}\\"], json!("v"));
+    }
+
+    #[test]
+    fn data_event_copies_the_client_text_and_drops_server_keys() {
+        let body = r#"{ "n" : 1e3 , "s":"\u00e9\n", "big":123456789012345678901234567890, "d":[1,{"a":2}] }"#;
+        for (payload, spliced) in [
+            (raw(body), false),
+            (
+                parsed_payload(&mut format!(r#"{{"type":"t","payload":{body}}}"#).into_bytes()),
+                true,
+            ),
+        ] {
+            assert_eq!(payload.plain_members, spliced);
+            let mut out = Vec::new();
+            write_data_event(&mut out, 2, &payload, "s", 0, "i").unwrap();
+            let text = std::str::from_utf8(&out).unwrap();
+            assert!(text.contains("1e3"), "{text}");
+            assert!(text.contains(r#""s":"\u00e9\n""#), "{text}");
+            assert!(text.contains("123456789012345678901234567890"), "{text}");
+            assert_eq!(parsed(&out)["payload"]["d"], json!([1, {"a": 2}]));
+        }
+        // Escaped spellings of a server key, and repeats, are all dropped.
+        let mut buf =
+            br#"{"type":"t","payload":{"sender\u004eame":"x","messageId":1,"messageId":2,"k":0}}"#
+                .to_vec();
+        let payload = parsed_payload(&mut buf);
+        assert!(!payload.plain_members);
+        let mut out = Vec::new();
+        write_data_event(&mut out, 2, &payload, "me", 0, "id").unwrap();
+        let text = std::str::from_utf8(&out).unwrap();
+        assert_eq!(text.matches("messageId").count(), 1, "{text}");
+        assert!(!text.contains("\\u004e"), "{text}");
+        assert_eq!(parsed(&out)["payload"]["senderName"], json!("me"));
+        assert_eq!(parsed(&out)["payload"]["k"], json!(0));
     }
 
     #[test]
@@ -617,10 +698,9 @@ mod tests {
     #[test]
     fn presence_event_shape_with_stored_context() {
         let context = {
-            let (mut buf, _) = borrowed(r#"{"location":"chat \"general\"","n":[1,2.5,null]}"#);
-            let value = simd_json::to_borrowed_value(&mut buf).unwrap();
-            to_json_bytes(&value)
-            // `buf` is dropped here; the stored bytes live on.
+            let text = String::from(r#"{"location":"chat \"general\"","n":[1,2.5,null]}"#);
+            to_json_bytes(raw(&text))
+            // `text` is dropped here; the stored bytes live on.
         };
         let mut out = Vec::new();
         write_presence_event(
@@ -660,9 +740,7 @@ mod tests {
     #[test]
     fn to_json_bytes_round_trips_values() {
         let text = r#"[{"a":"\u0001x\"y"},-5,18446744073709551615,1.0e10,true,null,"漢"]"#;
-        let (mut buf, _) = borrowed(text);
-        let value = simd_json::to_borrowed_value(&mut buf).unwrap();
-        let bytes = to_json_bytes(&value);
+        let bytes = to_json_bytes(raw(text));
         assert_eq!(parsed(&bytes), serde_json::from_str::<Value>(text).unwrap());
     }
 
