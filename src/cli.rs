@@ -382,6 +382,8 @@ settings! {
     presence_min_interval "presence-min-interval" "CUSTOMWS_PRESENCE_MIN_INTERVAL" "D" One false
         "100ms" POLICY
         "Least time between two presence broadcasts of one user";
+    presence_fanout "presence-fanout" "CUSTOMWS_PRESENCE_FANOUT" "on|off" One false "on" POLICY
+        "Send presence events to every connection (off: get_presence and targeted updates only)";
     max_notification_targets "max-notification-targets" "CUSTOMWS_MAX_NOTIFICATION_TARGETS" "N"
         One false "1000" LIMITS
         "Cap on targetUsers of one notification";
@@ -988,6 +990,7 @@ fn apply_policy(m: &Merged, c: &mut Config) -> Result<(), CliError> {
         &mut c.presence_min_interval,
         parse_duration,
     )?;
+    m.set("presence_fanout", &mut c.presence_fanout, value::parse_bool)?;
     m.set(
         "max_notification_targets",
         &mut c.max_notification_targets,

@@ -127,6 +127,11 @@ pub struct Config {
     pub garbage_threshold: u32,
     /// Minimum interval between two presence broadcasts of one user (latest wins). Default 100 ms.
     pub presence_min_interval: Duration,
+    /// Whether presence events (online, offline, public status) go to every connection, as
+    /// the spec says. Off, presence is pull-only (`get_presence`) plus targeted updates:
+    /// presence to everyone costs O(N²) deliveries as N users connect, which dominates
+    /// connection storms at tens of thousands of users. Default on.
+    pub presence_fanout: bool,
     /// Cap on `payload.data.targetUsers` for notification multicast. Default 1000.
     pub max_notification_targets: usize,
     /// JSON nesting depth accepted in an envelope. Default 64.
@@ -188,6 +193,7 @@ impl Config {
             rate_abuse_threshold: 50,
             garbage_threshold: 20,
             presence_min_interval: Duration::from_millis(100),
+            presence_fanout: true,
             max_notification_targets: 1000,
             max_json_depth: 64,
             cross_shard_queue_capacity: 65_536,

@@ -186,6 +186,7 @@ fn defaults_equal_the_spec_table() {
     assert_eq!(c.rate_abuse_threshold, 50);
     assert_eq!(c.garbage_threshold, 20);
     assert_eq!(c.presence_min_interval, Duration::from_millis(100));
+    assert!(c.presence_fanout);
     assert_eq!(c.max_notification_targets, 1000);
     assert_eq!(c.max_json_depth, 64);
     assert_eq!(c.cross_shard_queue_capacity, 65_536);
@@ -246,6 +247,8 @@ fn every_flag_reaches_its_field() {
         "0",
         "--presence-min-interval",
         "0",
+        "--presence-fanout",
+        "off",
         "--max-notification-targets",
         "50",
         "--max-json-depth",
@@ -292,6 +295,7 @@ fn every_flag_reaches_its_field() {
     assert_eq!(c.rate_abuse_threshold, 5);
     assert_eq!(c.garbage_threshold, 0);
     assert_eq!(c.presence_min_interval, Duration::ZERO);
+    assert!(!c.presence_fanout);
     assert_eq!(c.max_notification_targets, 50);
     assert_eq!(c.max_json_depth, 8);
     assert_eq!(c.cross_shard_queue_capacity, 1024);

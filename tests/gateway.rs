@@ -152,6 +152,44 @@ fn notification_target_list_is_capped() {
 }
 
 #[test]
+fn presence_fanout_off_keeps_get_presence_and_targeted_updates_only() {
+    let mut cfg = gateway_config(2);
+    cfg.presence_fanout = false;
+    let server = gateway(cfg);
+    let addr = server.local_addr();
+    let mut alice = User::connect(addr, 1, "alice");
+    let mut bob = User::connect(addr, 2, "bob");
+    // No online event, but the replica on alice's shard knows bob (other shard).
+    alice.expect_silence(Duration::from_millis(300));
+    alice.send(
+        json!({"pid": "g", "type": "generic_request", "payload": {"action": "get_presence"}}),
+    );
+    let users = alice.recv_type("generic_response")["payload"]["users"].clone();
+    let ids: Vec<u64> = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["userId"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, [1, 2]);
+    // A public status change is silent; a targeted one still reaches its target.
+    bob.send(json!({"type": "presence_update", "payload": {"status": "away"}}));
+    alice.expect_silence(Duration::from_millis(300));
+    bob.send(
+        json!({"type": "presence_update", "targetUserId": 1, "payload": {"status": "typing"}}),
+    );
+    assert_eq!(alice.recv_presence_of(2)["payload"]["status"], "typing");
+    // Offline is silent too, and get_presence drops bob.
+    drop(bob);
+    alice.expect_silence(Duration::from_millis(300));
+    alice.send(
+        json!({"pid": "g2", "type": "generic_request", "payload": {"action": "get_presence"}}),
+    );
+    let users = alice.recv_type("generic_response")["payload"]["users"].clone();
+    assert_eq!(users.as_array().unwrap().len(), 1, "{users}");
+}
+
+#[test]
 fn presence_online_offline_updates_and_get_presence() {
     let server = gateway(gateway_config(2));
     let addr = server.local_addr();

@@ -1394,8 +1394,10 @@ fn flush_presence_batch<H: Handler>(core: &mut Core<Gateway<H>>, st: &mut Gatewa
     if st.presence_updates.is_empty() && st.presence_frames.is_empty() {
         return;
     }
-    let frames = (!st.presence_frames.is_empty())
-        .then(|| Bytes::from(std::mem::take(&mut st.presence_frames)));
+    // With the fan-out off, replicas (get_presence) are still updated; nobody is told.
+    let fan_out = core.config().presence_fanout && !st.presence_frames.is_empty();
+    let frames = fan_out.then(|| Bytes::from(std::mem::take(&mut st.presence_frames)));
+    st.presence_frames.clear();
     let updates = std::mem::take(&mut st.presence_updates);
     let me = core.shard_id();
     for shard in 0..core.shards() {
