@@ -15,6 +15,8 @@
 #      live nodes would only produce a presence-offline storm nobody measures).
 #
 # Usage: benches/cluster/run.sh [--skip-build]
+# NODE_FLAGS: extra flags for every node (e.g. "--presence-fanout off", which lets every
+# held connection be a distinct user: HOLD_USERS=17000).
 # Environment (defaults): NODES=6 CONNS=102000 HOLD_PROCS=6 HOLD_USERS=1001 (users per hold
 #   process; connections cycle over them) P2P_USERS=1000 IN_FLIGHT=16 DURATION=5 RESULTS=dir
 # Needs: redis-server >= 7 (and redis-cli), curl, jq, ss, bc, nstat (iproute2).
@@ -102,7 +104,7 @@ start_node() {  # start_node NAME [cluster flags...]
     "$CUSTOMWS" serve --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$aport" --shards 1 \
         --jwt-secret "$SECRET" --rate-limit 1000000000 --rate-burst 1000000000 \
         --max-connections 19800 --max-connections-per-user 100000 \
-        --log-level warn "$@" >"$RESULTS/$name.log" 2>&1 &
+        --log-level warn ${NODE_FLAGS:-} "$@" >"$RESULTS/$name.log" 2>&1 &
     local pid=$!
     PIDS+=("$pid"); NODE_PIDS+=("$pid"); NODE_PORTS+=("$port"); ADMIN_PORTS+=("$aport")
     wait_healthy "$aport"
