@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -105,50 +105,24 @@ struct Node {
 
 impl Node {
     fn start(redis: &Redis, id: &str, extra: &[&str]) -> Node {
-        let secret = String::from_utf8(SECRET.to_vec()).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_customws"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "off",
-                "--shards",
-                "2",
-                "--jwt-secret",
-                &secret,
-                "--cluster-redis",
-                &redis.url(),
-                "--node-id",
-                id,
-                "--presence-heartbeat",
-                &format!("{HEARTBEAT_MS}ms"),
-                "--presence-min-interval",
-                "0",
-            ])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("listening") {
-                    if let Some(rest) = line.split("addr=").nth(1) {
-                        let addr: String =
-                            rest.chars().take_while(|c| !c.is_whitespace()).collect();
-                        let _ = tx.send(addr);
-                    }
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the node logged its address")
-            .parse()
-            .unwrap();
+        let url = redis.url();
+        let heartbeat = format!("{HEARTBEAT_MS}ms");
+        let mut args = vec![
+            "--admin-listen",
+            "off",
+            "--shards",
+            "2",
+            "--cluster-redis",
+            &url,
+            "--node-id",
+            id,
+            "--presence-heartbeat",
+            &heartbeat,
+            "--presence-min-interval",
+            "0",
+        ];
+        args.extend_from_slice(extra);
+        let (child, addr) = spawn_serve_binary(&args);
         let node = Node { child, addr };
         assert!(
             wait_until(Duration::from_secs(10), || node.health() == 200),

@@ -3,9 +3,9 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -21,38 +21,10 @@ impl Drop for Killer {
 
 /// Starts `customws serve` on an ephemeral port and returns it with its address.
 fn spawn_serve(extra: &[&str]) -> (Killer, SocketAddr) {
-    let secret = String::from_utf8(SECRET.to_vec()).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_customws"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "off",
-            "--shards",
-            "2",
-            "--jwt-secret",
-            &secret,
-        ])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("addr=").nth(1) {
-                let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
-                let _ = tx.send(addr);
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the server logged its address");
-    (Killer(child), addr.parse().unwrap())
+    let mut args = vec!["--admin-listen", "off", "--shards", "2"];
+    args.extend_from_slice(extra);
+    let (child, addr) = spawn_serve_binary(&args);
+    (Killer(child), addr)
 }
 
 #[test]

@@ -1190,18 +1190,7 @@ fn announce_presence<H: Handler>(
         context,
         since_ms: u.since_ms,
     };
-    st.scratch.clear();
-    envelope::write_presence_event(
-        &mut st.scratch,
-        &PresenceEvent {
-            from_user: user,
-            user_id: user,
-            username: (!record.username.is_empty()).then_some(&*record.username),
-            status: &record.status,
-            context: record.context.as_deref(),
-            timestamp_ms: unix_ms(),
-        },
-    );
+    write_record_event(&mut st.scratch, user, &record);
     core.metrics().inc(Metric::PresenceEvents);
     match target {
         None => {
@@ -1248,6 +1237,22 @@ fn wire_record(r: &PresenceRecord) -> Record {
     }
 }
 
+/// Replaces `out` with the `presence_event` announcing `record`.
+fn write_record_event(out: &mut Vec<u8>, user: u64, record: &PresenceRecord) {
+    out.clear();
+    envelope::write_presence_event(
+        out,
+        &PresenceEvent {
+            from_user: user,
+            user_id: user,
+            username: (!record.username.is_empty()).then_some(&*record.username),
+            status: &record.status,
+            context: record.context.as_deref(),
+            timestamp_ms: unix_ms(),
+        },
+    );
+}
+
 /// Puts `record` in every shard's replica and, with `event`, announces it to everyone.
 fn announce_record<H: Handler>(
     core: &mut Core<Gateway<H>>,
@@ -1257,18 +1262,7 @@ fn announce_record<H: Handler>(
     event: bool,
 ) {
     if event {
-        st.scratch.clear();
-        envelope::write_presence_event(
-            &mut st.scratch,
-            &PresenceEvent {
-                from_user: user,
-                user_id: user,
-                username: (!record.username.is_empty()).then_some(&*record.username),
-                status: &record.status,
-                context: record.context.as_deref(),
-                timestamp_ms: unix_ms(),
-            },
-        );
+        write_record_event(&mut st.scratch, user, &record);
         core.metrics().inc(Metric::PresenceEvents);
         append_frame(&mut st.presence_frames, &st.scratch);
     }

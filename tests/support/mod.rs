@@ -280,3 +280,37 @@ impl User {
         expect_close(&mut self.ws).map(|c| c.0)
     }
 }
+
+/// Starts `customws serve` (the real binary) with a test secret on an ephemeral port plus
+/// `args`; returns the child and the address it logged ("listening addr=…").
+pub fn spawn_serve_binary(args: &[&str]) -> (std::process::Child, SocketAddr) {
+    use std::io::BufRead;
+    let secret = String::from_utf8(SECRET.to_vec()).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_customws"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--jwt-secret", &secret])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if !line.contains("listening") {
+                continue;
+            }
+            if let Some(rest) = line.split("addr=").nth(1) {
+                let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the server logged its address");
+    (child, addr.parse().unwrap())
+}
