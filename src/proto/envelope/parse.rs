@@ -77,6 +77,8 @@ pub struct ClientEnvelope<'a> {
     /// Tape index of the first payload member named like each of [`KNOWN_KEYS`]'s value;
     /// 0 when absent (index 0 is the envelope object itself).
     known: [u32; KNOWN_KEYS.len()],
+    /// The text had no backslash (see [`RawJson`]'s fast path).
+    plain: bool,
 }
 
 /// Payload members the gateway itself reads, so that reading them costs no second walk.
@@ -176,12 +178,13 @@ impl EnvelopeParser {
         // text into its aligned buffer anyway, so this costs about as much again).
         self.original.clear();
         self.original.extend_from_slice(buf);
+        let plain = memchr::memchr(b'\\', buf).is_none();
         let mut tape = take_spare_tape();
         if simd_json::fill_tape(buf, &mut self.buffers, &mut tape).is_err() {
             keep_spare_tape(tape.0);
             return Err(refusal(&self.original, &self.limits));
         }
-        validate(tape.0, &self.limits)
+        validate(tape.0, &self.limits, plain)
     }
 }
 
@@ -219,6 +222,7 @@ const PAYLOAD: u8 = 8;
 fn validate<'a>(
     tape: Vec<Node<'a>>,
     limits: &EnvelopeLimits,
+    plain: bool,
 ) -> Result<ClientEnvelope<'a>, EnvelopeError> {
     let Some(&Node::Object { len, .. }) = tape.first() else {
         keep_spare_tape(tape);
@@ -314,6 +318,7 @@ fn validate<'a>(
         tape,
         payload_at,
         known,
+        plain,
     })
 }
 
@@ -377,7 +382,7 @@ impl<'a> ClientEnvelope<'a> {
     pub fn payload(&self) -> RawJson<'_> {
         self.tape
             .get(self.payload_at..)
-            .and_then(RawJson::from_nodes)
+            .and_then(|nodes| RawJson::from_plain_nodes(nodes, self.plain))
             .unwrap_or(RawJson::NULL)
     }
 
@@ -396,7 +401,9 @@ impl<'a> ClientEnvelope<'a> {
         if at == 0 {
             return None;
         }
-        self.tape.get(at..).and_then(RawJson::from_nodes)
+        self.tape
+            .get(at..)
+            .and_then(|nodes| RawJson::from_plain_nodes(nodes, self.plain))
     }
 
     fn known_str(&self, index: usize) -> Option<Cow<'a, str>> {
@@ -993,6 +1000,26 @@ mod tests {
             let target = format!(r#"{{"type":"t","targetUserId":{n},"payload":1}}"#);
             let mut buf = target.into_bytes();
             assert!(parse_client(&mut buf, &limits()).is_err(), "{n}");
+        }
+    }
+
+    #[test]
+    fn raw_control_characters_in_strings_are_refused() {
+        // The data_event writer copies strings of a text without backslashes as they are,
+        // which is only valid JSON because simd-json refuses unescaped control characters.
+        for c in (0u8..0x20).chain([0x7f]) {
+            let mut text = br#"{"type":"t","pid":"p","payload":{"k":"a_b"}}"#.to_vec();
+            let at = text.iter().position(|&b| b == b'_').unwrap();
+            text[at] = c;
+            let result = parse_client(&mut text, &limits());
+            if c == 0x7f {
+                let env = result.unwrap();
+                let mut out = Vec::new();
+                super::super::write_data_event(&mut out, 1, &env.payload(), "n", 0, "m").unwrap();
+                serde_json::from_slice::<serde_json::Value>(&out).unwrap();
+            } else {
+                assert_eq!(result.unwrap_err().rule, EnvelopeRule::MalformedJson, "{c}");
+            }
         }
     }
 

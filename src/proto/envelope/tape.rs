@@ -13,9 +13,19 @@ use std::borrow::Cow;
 /// One JSON value on a simd-json tape: its header node and every node nested in it.
 /// (Named `RawJson` for continuity with the gateway's API; the text is re-encoded from the
 /// tape, not the client's bytes.)
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy)]
 pub struct RawJson<'t> {
     nodes: &'t [Node<'t>],
+    /// The text the tape came from had no backslash at all, so no string on it contains a
+    /// character JSON needs escaped (`"`, `\`, control characters can only be written
+    /// escaped): strings are then written back between quotes as they are.
+    plain: bool,
+}
+
+impl PartialEq for RawJson<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.nodes == other.nodes
+    }
 }
 
 /// Number of tape nodes a value starting at `node` spans (itself included).
@@ -44,7 +54,10 @@ const NULL_NODES: [Node<'static>; 1] = [Node::Static(StaticNode::Null)];
 
 impl RawJson<'static> {
     /// `null`.
-    pub const NULL: Self = Self { nodes: &NULL_NODES };
+    pub const NULL: Self = Self {
+        nodes: &NULL_NODES,
+        plain: true,
+    };
 }
 
 impl<'t> RawJson<'t> {
@@ -53,7 +66,21 @@ impl<'t> RawJson<'t> {
     #[must_use]
     pub fn from_nodes(nodes: &'t [Node<'t>]) -> Option<Self> {
         let len = span(nodes.first()?);
-        nodes.get(..len).map(|nodes| Self { nodes })
+        nodes.get(..len).map(|nodes| Self {
+            nodes,
+            plain: false,
+        })
+    }
+
+    /// [`Self::from_nodes`] for a tape filled from a text without any backslash (its strings
+    /// are then written back without an escape check).
+    pub(super) fn from_plain_nodes(nodes: &'t [Node<'t>], plain: bool) -> Option<Self> {
+        Self::from_nodes(nodes).map(|v| Self { plain, ..v })
+    }
+
+    /// Whether the strings can be written without an escape check (see the field).
+    pub(super) fn is_plain(&self) -> bool {
+        self.plain
     }
 
     /// The value's tape nodes (header first).
@@ -123,8 +150,13 @@ impl<'t> RawJson<'t> {
             Some(Node::Object { len, .. }) => Members {
                 rest: self.nodes.get(1..).unwrap_or_default(),
                 left: *len,
+                plain: self.plain,
             },
-            _ => Members { rest: &[], left: 0 },
+            _ => Members {
+                rest: &[],
+                left: 0,
+                plain: self.plain,
+            },
         }
     }
 
@@ -135,8 +167,13 @@ impl<'t> RawJson<'t> {
             Some(Node::Array { len, .. }) => Elements {
                 rest: self.nodes.get(1..).unwrap_or_default(),
                 left: *len,
+                plain: self.plain,
             },
-            _ => Elements { rest: &[], left: 0 },
+            _ => Elements {
+                rest: &[],
+                left: 0,
+                plain: self.plain,
+            },
         }
     }
 
@@ -144,7 +181,7 @@ impl<'t> RawJson<'t> {
     /// [`super::write_json_str`]; integers are written as parsed, floats in their shortest
     /// round-trip form.
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        write_nodes(out, self.nodes);
+        write_nodes(out, self.nodes, self.plain);
     }
 
     /// The value as JSON text.
@@ -157,8 +194,22 @@ impl<'t> RawJson<'t> {
     }
 }
 
+/// Appends a tape string as a JSON string literal: as it is between quotes when `plain`
+/// (see [`RawJson`]), else through [`super::write_json_str`].
+#[inline(always)]
+pub(super) fn write_tape_str(out: &mut Vec<u8>, s: &str, plain: bool) {
+    if plain {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        super::write_json_str(out, s);
+    }
+}
+
 /// Writes the values laid out one after another in `nodes` (normally exactly one).
-pub(super) fn write_nodes(out: &mut Vec<u8>, nodes: &[Node<'_>]) {
+pub(super) fn write_nodes(out: &mut Vec<u8>, nodes: &[Node<'_>], plain: bool) {
     // Per open container: (members or items left, is an object).
     let mut open: SmallVec<[(usize, bool); 32]> = SmallVec::new();
     // Whether the next node of the innermost open object is a key.
@@ -167,7 +218,7 @@ pub(super) fn write_nodes(out: &mut Vec<u8>, nodes: &[Node<'_>]) {
         if let Some((left, is_object)) = open.last_mut() {
             if *is_object && at_key {
                 if let Node::String(k) = node {
-                    super::write_json_str(out, k);
+                    write_tape_str(out, k, plain);
                     out.push(b':');
                 }
                 at_key = false;
@@ -176,7 +227,7 @@ pub(super) fn write_nodes(out: &mut Vec<u8>, nodes: &[Node<'_>]) {
             *left -= 1;
         }
         match node {
-            Node::String(s) => super::write_json_str(out, s),
+            Node::String(s) => write_tape_str(out, s, plain),
             Node::Static(s) => write_static(out, *s),
             Node::Object { len, .. } => {
                 out.push(b'{');
@@ -234,6 +285,7 @@ fn write_static(out: &mut Vec<u8>, s: StaticNode) {
 pub struct Members<'t> {
     rest: &'t [Node<'t>],
     left: usize,
+    plain: bool,
 }
 
 impl<'t> Iterator for Members<'t> {
@@ -248,7 +300,7 @@ impl<'t> Iterator for Members<'t> {
         let Node::String(key) = key else {
             return None;
         };
-        let value = RawJson::from_nodes(after)?;
+        let value = RawJson::from_plain_nodes(after, self.plain)?;
         self.rest = after.get(value.nodes.len()..).unwrap_or_default();
         Some((key, value))
     }
@@ -259,6 +311,7 @@ impl<'t> Iterator for Members<'t> {
 pub struct Elements<'t> {
     rest: &'t [Node<'t>],
     left: usize,
+    plain: bool,
 }
 
 impl<'t> Iterator for Elements<'t> {
@@ -269,7 +322,7 @@ impl<'t> Iterator for Elements<'t> {
             return None;
         }
         self.left -= 1;
-        let value = RawJson::from_nodes(self.rest)?;
+        let value = RawJson::from_plain_nodes(self.rest, self.plain)?;
         self.rest = self.rest.get(value.nodes.len()..).unwrap_or_default();
         Some(value)
     }

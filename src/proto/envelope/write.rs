@@ -2,7 +2,7 @@
 //! connection's outbound buffer, so nothing is copied twice). Field order and names follow
 //! gateway.md §4–5 exactly; every writer's output is checked against serde_json in tests.
 
-use super::tape::{write_nodes, RawJson};
+use super::tape::{write_nodes, write_tape_str, RawJson};
 use super::time::format_rfc3339_millis;
 
 /// `data_event` needs the client's payload to be an object to add server fields to.
@@ -45,9 +45,9 @@ pub fn write_data_event(
         if is_server_set_key(key.as_bytes()) {
             continue;
         }
-        write_json_str(out, key);
+        write_tape_str(out, key, value.is_plain());
         out.push(b':');
-        write_nodes(out, value.nodes());
+        write_nodes(out, value.nodes(), value.is_plain());
         out.push(b',');
     }
     out.extend_from_slice(br#""senderName":"#);
