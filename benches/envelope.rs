@@ -113,7 +113,7 @@ fn bench_p2p(c: &mut Criterion) {
                     write_data_event(
                         &mut out,
                         123,
-                        &env.payload,
+                        &env.payload(),
                         "juan_dev",
                         1_795_849_200_123,
                         id.as_str(),
@@ -168,7 +168,7 @@ fn bench_p2p(c: &mut Criterion) {
     group.finish();
 }
 
-/// The depth/pid pre-scan alone (included in `customws_*` above; `simd_json_raw` has none).
+/// The depth/pid pre-scan alone (it runs only on refused text now; kept for comparison).
 fn bench_prescan(c: &mut Criterion) {
     let big = large();
     let mut group = c.benchmark_group("envelope_prescan");

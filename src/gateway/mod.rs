@@ -3,7 +3,7 @@
 //! Flow of one client message:
 //!
 //! ```text
-//! text frame (in place) → EnvelopeParser (one validating pass) → rate limit → Handler::on_message
+//! text frame (in place) → EnvelopeParser (simd-json tape) → rate limit → Handler::on_message
 //!   → data_request      → P2P: local delivery, or one hop to the target's home shard
 //!                          broadcast / notification multicast: frame encoded once, shared
 //!   → presence_update   → record, coalesce, announce (all shards keep a replica)
@@ -1009,7 +1009,7 @@ fn handle_data_request<H: Handler>(
     if envelope::write_data_event(
         &mut st.scratch,
         user,
-        &msg.payload,
+        &msg.payload(),
         sender_name,
         unix_ms(),
         message_id.as_str(),
@@ -1517,7 +1517,7 @@ fn handle_builtin_request<H: Handler>(
 }
 
 fn payload_to_serde(msg: &ClientEnvelope<'_>) -> serde_json::Value {
-    serde_json::from_str(msg.payload.json()).unwrap_or(serde_json::Value::Null)
+    serde_json::from_str(&msg.payload().to_json()).unwrap_or(serde_json::Value::Null)
 }
 
 /// Generation of the pending request in `slot` (0 = none); timer keys carry it so a timer

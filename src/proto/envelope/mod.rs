@@ -1,18 +1,19 @@
-//! The JSON envelope codec (gateway.md §4–5): client envelopes validated in one pass
-//! without building a value tree, server envelopes written by hand into caller-owned
-//! `Vec<u8>`s.
+//! The JSON envelope codec (gateway.md §4–5): client envelopes parsed with `simd-json`
+//! (zero-copy, in place) into its flat tape, without a value tree; server envelopes written
+//! by hand into caller-owned `Vec<u8>`s.
 //!
 //! ```text
 //!  text frame payload (&mut [u8])
-//!        │  scan: one validating pass (grammar, depth cap, number range, surrogates),
-//!        │  spans of type / pid / targetUserId / payload, duplicate envelope keys
+//!        │  simd_json::fill_tape (Buffers reused, depth cap built in): escaped strings
+//!        │  decoded in place, numbers parsed; one walk over the tape finds type / pid /
+//!        │  targetUserId / payload, repeated envelope keys, the payload members read later
 //!        ▼
-//!  ClientEnvelope<'frame>  (payload = RawJson: the client's own text, nothing decoded)
-//!        │  gateway rules read payload fields through the helpers (lazy walks)
+//!  ClientEnvelope<'frame>  (owns the tape; payload() = RawJson: a view of tape nodes)
+//!        │  gateway rules read payload fields through the helpers
 //!        ▼
 //!  write::*  ──► `{"type":"data_event",...}` etc. appended to the connection's out
-//!               buffer; the payload's members are copied byte for byte
-//!  (refused text only: the old byte pre-scan finds a pid and "too deep" for the error)
+//!               buffer; the payload's members are written from their tape nodes
+//!  (refused text only: the byte pre-scan of a copy finds a pid and "too deep" for the error)
 //! ```
 //!
 //! Sans-IO: nothing here reads a clock; callers pass `timestamp_ms`.
@@ -30,28 +31,31 @@
 //!   refused (400): readers that keep the first and readers that keep the last would
 //!   otherwise disagree about what was sent. Repeats inside `payload` are passed through.
 //! - `originalPid` on errors: read from the validated envelope when the JSON is valid; when
-//!   it is not, a byte pre-scan of the refused text finds the top-level `"pid"` string
-//!   (even after the damage) and decodes it. A pid longer than 128 bytes is never echoed.
+//!   it is not, a byte pre-scan of the refused text (as sent: simd-json may already have
+//!   decoded strings in place, so the parser keeps a copy) finds the top-level `"pid"`
+//!   string (even after the damage) and decodes it. A pid longer than 128 bytes is never
+//!   echoed.
 //! - Nesting deeper than `EnvelopeLimits::max_depth` (the top-level object counts as 1) is
 //!   refused with 413, also when the text is malformed elsewhere. No stage recurses.
-//! - Acceptance follows serde_json: numbers that overflow an f64 (`1e999999`) and unpaired
-//!   UTF-16 surrogate escapes are refused (400); integer literals of any length are valid
-//!   JSON (serde_json reads them as floats) and are passed through as written. Nothing
-//!   panics (tested; fuzzed against serde_json in `fuzz/`).
-//! - The payload is never decoded or re-encoded: the `data_event` carries the client's own
-//!   bytes (its escapes, spacing and number spelling), so its JSON value is the same.
-//! - Cost: see BENCHMARKS.md (run 2); the value tree this replaced was half of a P2P
-//!   delivery's instructions.
+//! - Acceptance is simd-json's (RFC 8259, UTF-8 validated; numbers beyond f64 refused).
+//!   Documented differences from serde_json (allowed by the `envelope` fuzz target and the
+//!   differential test in `parse.rs`): integer literals outside i64/u64 are refused (400;
+//!   serde_json reads them as floats), a float literal with more than 19 significant digits
+//!   may come out an ulp away, and `-0` is the integer 0. Nothing panics (tested; fuzzed).
+//! - The payload is re-encoded from the tape into `data_event`: the same JSON value, with
+//!   the server's escapes and number spelling (floats in shortest round-trip form).
+//! - Cost: see BENCHMARKS.md (run 2); the simd-json value tree (`BorrowedValue`) this avoids
+//!   was half of a P2P delivery's instructions.
 
 mod parse;
-mod scan;
+mod tape;
 mod time;
 mod write;
 
 pub use parse::{
     parse_client, parse_user_id, prescan_for_bench, ClientEnvelope, EnvelopeParser, MessageType,
 };
-pub use scan::{Elements, Members, RawJson};
+pub use tape::{Elements, Members, RawJson};
 pub use time::format_rfc3339_millis;
 pub use write::{
     to_json_bytes, write_data_event, write_error_notification, write_generic_request,
@@ -100,10 +104,11 @@ pub mod code {
 /// (the variant name doubles as a metric label via [`EnvelopeRule::label`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum EnvelopeRule {
-    /// Not JSON (syntax, number beyond f64, bad escape, invalid UTF-8, …).
+    /// Not JSON to simd-json (syntax, number beyond f64 or an integer beyond i64/u64, bad
+    /// escape, invalid UTF-8, …).
     #[error("malformed JSON")]
     MalformedJson,
-    /// The pre-scan found nesting deeper than `max_depth`.
+    /// Nesting deeper than `max_depth` (found by the pre-scan of refused text).
     #[error("JSON nested too deeply")]
     TooDeep,
     /// The top-level value is an array, string, number, …

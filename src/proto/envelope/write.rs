@@ -2,7 +2,7 @@
 //! connection's outbound buffer, so nothing is copied twice). Field order and names follow
 //! gateway.md §4–5 exactly; every writer's output is checked against serde_json in tests.
 
-use super::scan::{find_string_special, RawJson};
+use super::tape::{write_nodes, write_tape_str, RawJson};
 use super::time::format_rfc3339_millis;
 
 /// `data_event` needs the client's payload to be an object to add server fields to.
@@ -18,16 +18,12 @@ pub(super) fn is_server_set_key(raw: &[u8]) -> bool {
     SERVER_SET_KEYS.iter().any(|k| k.as_bytes() == raw)
 }
 
-/// JSON's four whitespace characters.
-fn is_json_ws(c: char) -> bool {
-    matches!(c, ' ' | '\t' | '\n' | '\r')
-}
-
 /// `{"type":"data_event","fromUserId":N,"payload":{<client fields>,"senderName":…,
 /// "timestamp":"<RFC 3339 ms>","messageId":…}}` (spec §5.1). Client fields named like a
 /// server field are left out, so the output has no duplicate of them. Other client fields
-/// are copied as the client wrote them, in their order (repeated client keys stay
-/// repeated); a payload the parser saw had none of those names is copied in one piece.
+/// are written from the payload's simd-json tape nodes, in their order (repeated client
+/// keys stay repeated): the same JSON values, re-encoded (escapes, spacing and number
+/// spelling are the server's).
 ///
 /// # Errors
 /// [`NotAnObject`] when `payload` is not an object; `out` is then unchanged.
@@ -45,26 +41,14 @@ pub fn write_data_event(
     out.extend_from_slice(br#"{"type":"data_event","fromUserId":"#);
     write_u64(out, from_user);
     out.extend_from_slice(br#","payload":{"#);
-    if payload.plain_members {
-        let text = payload.json();
-        let inner = text
-            .get(1..text.len().saturating_sub(1))
-            .unwrap_or_default()
-            .trim_matches(is_json_ws);
-        if !inner.is_empty() {
-            out.extend_from_slice(inner.as_bytes());
-            out.push(b',');
+    for (key, value) in payload.members() {
+        if is_server_set_key(key.as_bytes()) {
+            continue;
         }
-    } else {
-        for (key, value) in payload.members() {
-            if SERVER_SET_KEYS.iter().any(|k| key.string_eq(k)) {
-                continue;
-            }
-            out.extend_from_slice(key.json().as_bytes());
-            out.push(b':');
-            out.extend_from_slice(value.json().as_bytes());
-            out.push(b',');
-        }
+        write_tape_str(out, key, value.is_plain());
+        out.push(b':');
+        write_nodes(out, value.nodes(), value.is_plain());
+        out.push(b',');
     }
     out.extend_from_slice(br#""senderName":"#);
     write_json_str(out, sender_name);
@@ -266,7 +250,9 @@ pub fn write_get_presence_response<'e>(
 /// contexts), to be spliced unescaped into later outputs.
 #[must_use]
 pub fn to_json_bytes(value: RawJson<'_>) -> Box<[u8]> {
-    value.json().as_bytes().into()
+    let mut out = Vec::new();
+    value.write_json(&mut out);
+    out.into_boxed_slice()
 }
 
 /// Appends `s` as a JSON string literal: `"` and `\` escaped, control characters as
@@ -436,6 +422,39 @@ impl IdGenerator {
     }
 }
 
+/// First `"`, `\` or control byte (< 0x20) in `hay`, eight bytes at a time (SWAR: the lowest
+/// flagged byte of each test is always a true match, so the lowest flag overall is too).
+#[inline(always)]
+fn find_string_special(hay: &[u8]) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    const QUOTES: u64 = LO * b'"' as u64;
+    const BACKSLASHES: u64 = LO * b'\\' as u64;
+    const SPACES: u64 = LO * 0x20;
+    let mut chunks = hay.chunks_exact(8);
+    let mut base = 0usize;
+    for chunk in &mut chunks {
+        if let Ok(bytes) = <[u8; 8]>::try_from(chunk) {
+            let word = u64::from_le_bytes(bytes);
+            let q = word ^ QUOTES;
+            let s = word ^ BACKSLASHES;
+            let hit = ((q.wrapping_sub(LO) & !q)
+                | (s.wrapping_sub(LO) & !s)
+                | (word.wrapping_sub(SPACES) & !word))
+                & HI;
+            if hit != 0 {
+                return Some(base + (hit.trailing_zeros() / 8) as usize);
+            }
+        }
+        base += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+        .map(|p| base + p)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -447,15 +466,18 @@ mod tests {
         })
     }
 
-    fn raw(text: &str) -> RawJson<'_> {
-        RawJson::parse(text, 64).expect("valid JSON")
+    /// Runs `f` on the simd-json tape view of `text`.
+    fn raw<R>(text: &str, f: impl FnOnce(RawJson<'_>) -> R) -> R {
+        let mut buf = text.as_bytes().to_vec();
+        let tape = simd_json::to_tape(&mut buf).expect("valid JSON");
+        f(RawJson::from_nodes(&tape.0).expect("one value"))
     }
 
-    /// The payload as the envelope parser hands it over (with its splice hint).
-    fn parsed_payload(buf: &mut [u8]) -> RawJson<'_> {
-        super::super::parse_client(buf, &super::super::EnvelopeLimits::default())
-            .expect("valid envelope")
-            .payload
+    /// Runs `f` on the payload as the envelope parser hands it over.
+    fn parsed_payload<R>(buf: &mut [u8], f: impl FnOnce(RawJson<'_>) -> R) -> R {
+        let env = super::super::parse_client(buf, &super::super::EnvelopeLimits::default())
+            .expect("valid envelope");
+        f(env.payload())
     }
 
     const NASTY: &str = "q\"b\\s/\n\r\t\u{8}\u{c}\u{0}\u{1f}\u{7f} é 漢 😀 \u{2028}";
@@ -497,7 +519,10 @@ mod tests {
     fn data_event_shape_and_override() {
         let text = r#"{"action":"send_message","resource":"chat","data":{"text":"hi \"x\" \u00e9"},"senderName":"forged","timestamp":"1999","messageId":"fake","n":1.5}"#;
         let mut out = b"prefix".to_vec();
-        write_data_event(&mut out, 123, &raw(text), NASTY, 1_795_849_200_123, "m-1").unwrap();
+        raw(text, |p| {
+            write_data_event(&mut out, 123, &p, NASTY, 1_795_849_200_123, "m-1")
+        })
+        .unwrap();
         let text = std::str::from_utf8(&out[6..]).unwrap();
         for key in SERVER_SET_KEYS {
             assert_eq!(
@@ -528,19 +553,22 @@ mod tests {
     fn data_event_empty_and_non_object_payload() {
         let empty = json!({"type":"data_event","fromUserId":1,"payload":{"senderName":"a","timestamp":"1970-01-01T00:00:00.000Z","messageId":"id"}});
         let mut out = Vec::new();
-        write_data_event(&mut out, 1, &raw("{}"), "a", 0, "id").unwrap();
+        raw("{}", |p| write_data_event(&mut out, 1, &p, "a", 0, "id")).unwrap();
         assert_eq!(parsed(&out), empty);
-        // The spliced form (the parser's hint) of empty and blank objects.
+        // Empty and blank objects from the envelope parser.
         for payload in ["{}", "{ \n\t}"] {
             let mut buf = format!(r#"{{"type":"t","payload":{payload}}}"#).into_bytes();
             let mut out = Vec::new();
-            write_data_event(&mut out, 1, &parsed_payload(&mut buf), "a", 0, "id").unwrap();
+            parsed_payload(&mut buf, |p| {
+                write_data_event(&mut out, 1, &p, "a", 0, "id")
+            })
+            .unwrap();
             assert_eq!(parsed(&out), empty, "{payload}");
         }
         for text in ["[1]", "\"s\"", "null", "3"] {
             let mut out = b"keep".to_vec();
             assert_eq!(
-                write_data_event(&mut out, 1, &raw(text), "a", 0, "id"),
+                raw(text, |p| write_data_event(&mut out, 1, &p, "a", 0, "id")),
                 Err(NotAnObject)
             );
             assert_eq!(out, b"keep");
@@ -550,37 +578,38 @@ mod tests {
     #[test]
     fn data_event_escapes_client_keys() {
         let mut out = Vec::new();
-        write_data_event(&mut out, 9, &raw(r#"{"k\"\u0001\\":"v"}"#), "s", 0, "i").unwrap();
+        raw(r#"{"k\"\u0001\\":"v"}"#, |p| {
+            write_data_event(&mut out, 9, &p, "s", 0, "i")
+        })
+        .unwrap();
         assert_eq!(parsed(&out)["payload"]["k\"\u{1}\\"], json!("v"));
     }
 
     #[test]
-    fn data_event_copies_the_client_text_and_drops_server_keys() {
-        let body = r#"{ "n" : 1e3 , "s":"\u00e9\n", "big":123456789012345678901234567890, "d":[1,{"a":2}] }"#;
-        for (payload, spliced) in [
-            (raw(body), false),
-            (
-                parsed_payload(&mut format!(r#"{{"type":"t","payload":{body}}}"#).into_bytes()),
-                true,
-            ),
-        ] {
-            assert_eq!(payload.plain_members, spliced);
-            let mut out = Vec::new();
-            write_data_event(&mut out, 2, &payload, "s", 0, "i").unwrap();
-            let text = std::str::from_utf8(&out).unwrap();
-            assert!(text.contains("1e3"), "{text}");
-            assert!(text.contains(r#""s":"\u00e9\n""#), "{text}");
-            assert!(text.contains("123456789012345678901234567890"), "{text}");
-            assert_eq!(parsed(&out)["payload"]["d"], json!([1, {"a": 2}]));
+    fn data_event_writes_the_payload_values_and_drops_server_keys() {
+        let body = r#"{ "n" : 1e3 , "s":"\u00e9\n", "big":18446744073709551615, "d":[1,{"a":2}], "f":-0.25 }"#;
+        let mut buf = format!(r#"{{"type":"t","payload":{body}}}"#).into_bytes();
+        let mut out = Vec::new();
+        parsed_payload(&mut buf, |p| write_data_event(&mut out, 2, &p, "s", 0, "i")).unwrap();
+        let event = parsed(&out);
+        let want: Value = serde_json::from_str(body).unwrap();
+        for key in ["n", "s", "big", "d", "f"] {
+            assert_eq!(event["payload"][key], want[key], "{key}");
         }
+        let text = std::str::from_utf8(&out).unwrap();
+        assert!(
+            text.contains(r#""s":"é\n""#),
+            "re-encoded from the tape: {text}"
+        );
         // Escaped spellings of a server key, and repeats, are all dropped.
         let mut buf =
             br#"{"type":"t","payload":{"sender\u004eame":"x","messageId":1,"messageId":2,"k":0}}"#
                 .to_vec();
-        let payload = parsed_payload(&mut buf);
-        assert!(!payload.plain_members);
         let mut out = Vec::new();
-        write_data_event(&mut out, 2, &payload, "me", 0, "id").unwrap();
+        parsed_payload(&mut buf, |p| {
+            write_data_event(&mut out, 2, &p, "me", 0, "id")
+        })
+        .unwrap();
         let text = std::str::from_utf8(&out).unwrap();
         assert_eq!(text.matches("messageId").count(), 1, "{text}");
         assert!(!text.contains("\\u004e"), "{text}");
@@ -699,7 +728,7 @@ mod tests {
     fn presence_event_shape_with_stored_context() {
         let context = {
             let text = String::from(r#"{"location":"chat \"general\"","n":[1,2.5,null]}"#);
-            to_json_bytes(raw(&text))
+            raw(&text, to_json_bytes)
             // `text` is dropped here; the stored bytes live on.
         };
         let mut out = Vec::new();
@@ -740,7 +769,7 @@ mod tests {
     #[test]
     fn to_json_bytes_round_trips_values() {
         let text = r#"[{"a":"\u0001x\"y"},-5,18446744073709551615,1.0e10,true,null,"漢"]"#;
-        let bytes = to_json_bytes(raw(text));
+        let bytes = raw(text, to_json_bytes);
         assert_eq!(parsed(&bytes), serde_json::from_str::<Value>(text).unwrap());
     }
 
