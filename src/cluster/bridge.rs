@@ -27,7 +27,7 @@ use super::wire::{self, Change, Message, Record};
 use super::{user_channel, ClusterLink, ClusterMetrics, ALL_CHANNEL};
 use crate::config::{ClusterConfig, RedisEndpoint};
 use crate::gateway::registry::home_shard;
-use crate::gateway::{Reply, ShardMsg};
+use crate::gateway::{Outcome, Reply, ShardMsg};
 use crate::queue::ShardLinks;
 use crate::shard::{encode_shared_text, App, Cross, Shared};
 
@@ -306,12 +306,13 @@ impl<A: App<Msg = ShardMsg>> Bridge<A> {
         if self.link.is_none() && now >= self.reconnect_at {
             self.connect(now);
         }
-        // 4. this turn's batches
+        // 4. this turn's batches: membership effects (to the shards, sync requests), the
+        // presence delta and subscriptions, then one write per connection
+        self.route_effects();
         self.publish_turn();
         if let Err(e) = self.flush_link() {
             self.link_broken(now, &e.to_string());
         }
-        self.route_effects();
         self.links.flush_wakeups();
         self.metrics
             .remote_nodes
@@ -348,26 +349,16 @@ impl<A: App<Msg = ShardMsg>> Bridge<A> {
                 }
                 self.msg.clear();
                 wire::write_deliver(&mut self.msg, &self.node, to, frame_payload(&frame));
-                self.scratch.clear();
-                user_channel(&mut self.scratch, to);
-                let (channel, msg) = (
-                    std::mem::take(&mut self.scratch),
-                    std::mem::take(&mut self.msg),
-                );
-                self.publish(&channel, &msg, Expect::Publish(reply));
-                self.scratch = channel;
-                self.msg = msg;
+                self.publish_msg(Some(to), Expect::Publish(reply));
             }
             ShardMsg::ClusterBroadcast { frame } => {
                 if !self.is_up() {
                     self.metrics.unavailable.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
-                let mut msg = std::mem::take(&mut self.msg);
-                msg.clear();
-                wire::write_broadcast(&mut msg, &self.node, frame_payload(&frame));
-                self.publish(ALL_CHANNEL, &msg, Expect::Ok);
-                self.msg = msg;
+                self.msg.clear();
+                wire::write_broadcast(&mut self.msg, &self.node, frame_payload(&frame));
+                self.publish_msg(None, Expect::Ok);
             }
             ShardMsg::ClusterPresence { changes } => {
                 for (user, change) in changes {
@@ -387,17 +378,26 @@ impl<A: App<Msg = ShardMsg>> Bridge<A> {
         }
     }
 
-    /// Queues one `SPUBLISH` on the command connection.
-    fn publish(&mut self, channel: &[u8], msg: &[u8], expect: Expect) {
+    /// Queues one `SPUBLISH` of `self.msg` (written by the caller) on the command
+    /// connection: on `user`'s channel, or on the shared one.
+    fn publish_msg(&mut self, user: Option<u64>, expect: Expect) {
         let Some(link) = self.link.as_mut() else {
             return;
         };
-        resp::write_command(&mut link.cmd.out, &[b"SPUBLISH", channel, msg]);
+        let channel = match user {
+            Some(u) => {
+                self.scratch.clear();
+                user_channel(&mut self.scratch, u);
+                &self.scratch[..]
+            }
+            None => ALL_CHANNEL,
+        };
+        resp::write_command(&mut link.cmd.out, &[b"SPUBLISH", channel, &self.msg]);
         link.expect.push_back(expect);
         self.metrics.publishes.fetch_add(1, Ordering::Relaxed);
         self.metrics
             .publish_bytes
-            .fetch_add(msg.len() as u64, Ordering::Relaxed);
+            .fetch_add(self.msg.len() as u64, Ordering::Relaxed);
     }
 
     /// Publishes the turn's presence delta, subscription changes and a snapshot if asked.
@@ -410,13 +410,15 @@ impl<A: App<Msg = ShardMsg>> Bridge<A> {
         }
         if !self.deltas.is_empty() {
             self.seq += 1;
-            let deltas = std::mem::take(&mut self.deltas);
-            let mut msg = std::mem::take(&mut self.msg);
-            msg.clear();
-            wire::write_presence(&mut msg, &self.node, self.incarnation, self.seq, &deltas);
-            self.publish(ALL_CHANNEL, &msg, Expect::Ok);
-            self.msg = msg;
-            self.deltas = deltas;
+            self.msg.clear();
+            wire::write_presence(
+                &mut self.msg,
+                &self.node,
+                self.incarnation,
+                self.seq,
+                &self.deltas,
+            );
+            self.publish_msg(None, Expect::Ok);
             self.deltas.clear();
         }
         if self.snapshot_due {
@@ -427,17 +429,15 @@ impl<A: App<Msg = ShardMsg>> Bridge<A> {
     }
 
     fn publish_snapshot(&mut self) {
-        let mut msg = std::mem::take(&mut self.msg);
-        msg.clear();
+        self.msg.clear();
         wire::write_snapshot(
-            &mut msg,
+            &mut self.msg,
             &self.node,
             self.incarnation,
             self.seq,
             self.local.iter().map(|(u, r)| (*u, r)),
         );
-        self.publish(ALL_CHANNEL, &msg, Expect::Ok);
-        self.msg = msg;
+        self.publish_msg(None, Expect::Ok);
         self.metrics.snapshots_sent.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -508,26 +508,11 @@ impl<A: App<Msg = ShardMsg>> Bridge<A> {
         match (expect, value) {
             (Some(Expect::Publish(reply)), Value::Integer(receivers)) => {
                 if let Some(reply) = reply {
-                    if receivers > 0 {
-                        if reply.pid.is_some() {
-                            let shard = reply.shard;
-                            self.send(
-                                shard,
-                                ShardMsg::Delivered {
-                                    conn: reply.conn,
-                                    pid: reply.pid,
-                                },
-                            );
-                        }
-                    } else {
-                        let shard = reply.shard;
-                        self.send(
-                            shard,
-                            ShardMsg::Offline {
-                                conn: reply.conn,
-                                pid: reply.pid,
-                            },
-                        );
+                    let shard = reply.shard;
+                    if receivers == 0 {
+                        self.send(shard, reply.answer(Outcome::Offline));
+                    } else if reply.pid.is_some() {
+                        self.send(shard, reply.answer(Outcome::Delivered));
                     }
                 }
                 Ok(())
@@ -586,24 +571,18 @@ impl<A: App<Msg = ShardMsg>> Bridge<A> {
                     }
                     _ => None,
                 };
-                {
-                    if let Some(took) = first {
-                        {
-                            tracing::info!(node = %self.node, ?took, "cluster link up");
-                            self.set_health(true);
-                            // Everyone learns this node's state from scratch, and this node
-                            // asks everyone for theirs.
-                            self.seq += 1;
-                            self.snapshot_due = true;
-                            self.touched.extend(self.local.keys().copied());
-                            self.msg.clear();
-                            wire::write_sync_request(&mut self.msg, &self.node, "");
-                            let msg = std::mem::take(&mut self.msg);
-                            self.publish(ALL_CHANNEL, &msg, Expect::Ok);
-                            self.msg = msg;
-                            self.next_heartbeat = now;
-                        }
-                    }
+                if let Some(took) = first {
+                    tracing::info!(node = %self.node, ?took, "cluster link up");
+                    self.set_health(true);
+                    // Everyone learns this node's state from scratch, and this node asks
+                    // everyone for theirs.
+                    self.seq += 1;
+                    self.snapshot_due = true;
+                    self.touched.extend(self.local.keys().copied());
+                    self.msg.clear();
+                    wire::write_sync_request(&mut self.msg, &self.node, "");
+                    self.publish_msg(None, Expect::Ok);
+                    self.next_heartbeat = now;
                 }
             }
             _ => {}
@@ -691,15 +670,10 @@ impl<A: App<Msg = ShardMsg>> Bridge<A> {
         }
         if !fx.sync_requests.is_empty() && self.is_up() {
             for id in &fx.sync_requests {
-                let mut msg = std::mem::take(&mut self.msg);
-                msg.clear();
-                wire::write_sync_request(&mut msg, &self.node, id);
-                self.publish(ALL_CHANNEL, &msg, Expect::Ok);
-                self.msg = msg;
+                self.msg.clear();
+                wire::write_sync_request(&mut self.msg, &self.node, id);
+                self.publish_msg(None, Expect::Ok);
                 self.metrics.sync_requests.fetch_add(1, Ordering::Relaxed);
-            }
-            if let Err(e) = self.flush_link() {
-                self.link_broken(Instant::now(), &e.to_string());
             }
         }
         for (user, node, change) in fx.presence {
@@ -715,11 +689,6 @@ impl<A: App<Msg = ShardMsg>> Bridge<A> {
             let changes = std::mem::take(&mut self.to_shards[shard]);
             self.send(shard, ShardMsg::RemotePresence { changes });
         }
-        self.effects = Effects {
-            presence: Vec::new(),
-            sync_requests: Vec::new(),
-            dead: Vec::new(),
-        };
     }
 
     // ------------------------------------------------------------------ timers
@@ -748,17 +717,15 @@ impl<A: App<Msg = ShardMsg>> Bridge<A> {
             return;
         }
         let interval_ms = hb.as_millis().min(u128::from(u32::MAX)) as u32;
-        let mut msg = std::mem::take(&mut self.msg);
-        msg.clear();
+        self.msg.clear();
         wire::write_heartbeat(
-            &mut msg,
+            &mut self.msg,
             &self.node,
             self.incarnation,
             self.seq,
             interval_ms,
         );
-        self.publish(ALL_CHANNEL, &msg, Expect::Ok);
-        self.msg = msg;
+        self.publish_msg(None, Expect::Ok);
         self.last_heartbeat_sent = now;
         // A key per live node with a TTL of three heartbeats, for operators (`SCAN cws:node:*`).
         if let Some(link) = self.link.as_mut() {
@@ -885,9 +852,9 @@ impl<A: App<Msg = ShardMsg>> Bridge<A> {
         if !self.is_up() {
             return;
         }
-        let mut msg = Vec::new();
-        wire::write_bye(&mut msg, &self.node, self.incarnation);
-        self.publish(ALL_CHANNEL, &msg, Expect::Ok);
+        self.msg.clear();
+        wire::write_bye(&mut self.msg, &self.node, self.incarnation);
+        self.publish_msg(None, Expect::Ok);
         let deadline = Instant::now() + Duration::from_millis(500);
         while let Some(link) = self.link.as_mut() {
             if link.cmd.flush().is_err() || link.cmd.unsent() == 0 || Instant::now() >= deadline {
@@ -902,13 +869,7 @@ impl<A: App<Msg = ShardMsg>> Bridge<A> {
     fn answer_unavailable(&mut self, reply: Reply) {
         self.metrics.unavailable.fetch_add(1, Ordering::Relaxed);
         let shard = reply.shard;
-        self.send(
-            shard,
-            ShardMsg::Unavailable {
-                conn: reply.conn,
-                pid: reply.pid,
-            },
-        );
+        self.send(shard, reply.answer(Outcome::Unavailable));
     }
 
     /// Pushes to a shard; a full ring keeps the message in order in the backlog.

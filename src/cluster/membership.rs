@@ -271,7 +271,7 @@ mod tests {
     fn rec(status: &str) -> Record {
         Record {
             since_ms: 1,
-            name: "n".into(),
+            username: "n".into(),
             status: status.into(),
             context: None,
         }

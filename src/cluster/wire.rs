@@ -21,15 +21,8 @@ use bytes::Bytes;
 
 const VERSION: u8 = 1;
 
-/// A user's presence as another node reported it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    pub since_ms: u64,
-    pub name: Box<str>,
-    pub status: Box<str>,
-    /// Raw JSON of the context, if any.
-    pub context: Option<Box<[u8]>>,
-}
+/// A user's public presence, as the gateway's replicas hold it.
+pub use crate::gateway::presence::PresenceRecord as Record;
 
 /// A presence change of one user on the sending node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,7 +119,7 @@ fn head(out: &mut Vec<u8>, kind: u8, node: &str) {
 
 fn record(out: &mut Vec<u8>, r: &Record) {
     out.extend_from_slice(&r.since_ms.to_le_bytes());
-    str8(out, &r.name);
+    str8(out, &r.username);
     str8(out, &r.status);
     let ctx = r.context.as_deref().unwrap_or(&[]);
     out.extend_from_slice(&(ctx.len() as u32).to_le_bytes());
@@ -284,13 +277,13 @@ impl<'a> Reader<'a> {
 
     fn record(&mut self) -> Result<Record, WireError> {
         let since_ms = self.u64()?;
-        let name = self.str8()?;
+        let username = self.str8()?;
         let status = self.str8()?;
         let n = self.u32()? as usize;
         let ctx = self.take(n)?;
         Ok(Record {
             since_ms,
-            name,
+            username,
             status,
             context: (!ctx.is_empty()).then(|| Box::from(ctx)),
         })
@@ -406,7 +399,7 @@ mod tests {
     fn rec(name: &str, ctx: Option<&[u8]>) -> Record {
         Record {
             since_ms: 1_700_000_000_123,
-            name: name.into(),
+            username: name.into(),
             status: "online".into(),
             context: ctx.map(Box::from),
         }
@@ -496,7 +489,7 @@ mod tests {
         let Change::Online(r) = &changes[0].1 else {
             panic!()
         };
-        assert_eq!(r.name.len(), 254);
+        assert_eq!(r.username.len(), 254);
     }
 
     #[test]

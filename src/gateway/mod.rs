@@ -24,7 +24,7 @@ use slab::Slab;
 use smallvec::SmallVec;
 
 use crate::auth::{self, OriginPolicy, UserId, Verifier};
-use crate::cluster::wire::{Change, Record};
+use crate::cluster::wire::Change;
 use crate::cluster::ClusterLink;
 use crate::config::Config;
 use crate::metrics::Metric;
@@ -73,15 +73,11 @@ pub enum ShardMsg {
         frame: Bytes,
         reply: Option<Reply>,
     },
-    /// The P2P target received the event: send `server_ack` if the request had a pid.
-    Delivered {
+    /// How a P2P request of a connection on the receiving shard ended (ack, 404 or 503).
+    Answer {
         conn: ConnKey,
         pid: Option<Box<str>>,
-    },
-    /// The P2P target is not connected: `error_notification` 404.
-    Offline {
-        conn: ConnKey,
-        pid: Option<Box<str>>,
+        outcome: Outcome,
     },
     /// Deliver to every open connection on the shard.
     Broadcast { frame: Bytes },
@@ -92,11 +88,6 @@ pub enum ShardMsg {
     Presence {
         updates: Vec<(u64, Option<Box<PresenceRecord>>)>,
         frames: Option<Bytes>,
-    },
-    /// The P2P target is on another node and the cluster link is down: 503.
-    Unavailable {
-        conn: ConnKey,
-        pid: Option<Box<str>>,
     },
     /// To the cluster bridge: publish `frame` on `to`'s channel, then answer `reply`.
     ClusterPublish {
@@ -121,11 +112,25 @@ pub struct Reply {
     pub pid: Option<Box<str>>,
 }
 
+impl Reply {
+    /// The message that tells the sender's shard how its request ended.
+    pub fn answer(self, outcome: Outcome) -> ShardMsg {
+        ShardMsg::Answer {
+            conn: self.conn,
+            pid: self.pid,
+            outcome,
+        }
+    }
+}
+
 /// How a delivery with a [`Reply`] ended.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
-enum Outcome {
+pub enum Outcome {
+    /// The target's connections have it: `server_ack` if the request had a pid.
     Delivered,
+    /// The target is connected nowhere: `error_notification` 404.
     Offline,
+    /// The target may be on another node and the cluster link is down: 503.
     Unavailable,
 }
 
@@ -579,16 +584,6 @@ impl<H: Handler> App for Gateway<H> {
             ShardMsg::FromCluster { to, frame } => {
                 deliver_local(core, st, to, &frame, None);
             }
-            ShardMsg::Unavailable { conn, pid } => {
-                send_error(
-                    core,
-                    st,
-                    conn,
-                    pid.as_deref(),
-                    503,
-                    "cluster link down: the target may be on another node",
-                );
-            }
             ShardMsg::RemotePresence { changes } => {
                 for (user, node, change) in changes {
                     apply_remote_presence(core, st, user, node, change);
@@ -597,22 +592,7 @@ impl<H: Handler> App for Gateway<H> {
             ShardMsg::ClusterPublish { .. }
             | ShardMsg::ClusterBroadcast { .. }
             | ShardMsg::ClusterPresence { .. } => {}
-            ShardMsg::Delivered { conn, pid } => {
-                if let Some(pid) = pid {
-                    send_ack(core, st, conn, &pid);
-                }
-            }
-            ShardMsg::Offline { conn, pid } => {
-                core.metrics().inc(Metric::OfflineTargets);
-                send_error(
-                    core,
-                    st,
-                    conn,
-                    pid.as_deref(),
-                    404,
-                    "target user is not connected",
-                );
-            }
+            ShardMsg::Answer { conn, pid, outcome } => answer_here(core, st, conn, pid, outcome),
             ShardMsg::Broadcast { frame } => {
                 let n = deliver_all(core, &frame, None);
                 core.metrics().add(Metric::MsgOutDataEvent, n);
@@ -836,42 +816,46 @@ fn answer<H: Handler>(
     outcome: Outcome,
 ) {
     if reply.shard == core.shard_id() {
-        match outcome {
-            Outcome::Delivered => {
-                if let Some(pid) = reply.pid {
-                    send_ack(core, st, reply.conn, &pid);
-                }
+        answer_here(core, st, reply.conn, reply.pid, outcome);
+    } else if outcome != Outcome::Delivered || reply.pid.is_some() {
+        core.send_to_shard(reply.shard, reply.answer(outcome));
+    }
+}
+
+/// Tells a sender on this shard how its P2P request ended.
+fn answer_here<H: Handler>(
+    core: &mut Core<Gateway<H>>,
+    st: &mut GatewayState<H>,
+    conn: ConnKey,
+    pid: Option<Box<str>>,
+    outcome: Outcome,
+) {
+    match outcome {
+        Outcome::Delivered => {
+            if let Some(pid) = pid {
+                send_ack(core, st, conn, &pid);
             }
-            Outcome::Offline => {
-                core.metrics().inc(Metric::OfflineTargets);
-                send_error(
-                    core,
-                    st,
-                    reply.conn,
-                    reply.pid.as_deref(),
-                    404,
-                    "target user is not connected",
-                );
-            }
-            Outcome::Unavailable => send_error(
+        }
+        Outcome::Offline => {
+            core.metrics().inc(Metric::OfflineTargets);
+            send_error(
                 core,
                 st,
-                reply.conn,
-                reply.pid.as_deref(),
-                503,
-                "cluster link down: the target may be on another node",
-            ),
+                conn,
+                pid.as_deref(),
+                404,
+                "target user is not connected",
+            );
         }
-        return;
+        Outcome::Unavailable => send_error(
+            core,
+            st,
+            conn,
+            pid.as_deref(),
+            503,
+            "cluster link down: the target may be on another node",
+        ),
     }
-    let (conn, pid) = (reply.conn, reply.pid);
-    let msg = match outcome {
-        Outcome::Delivered if pid.is_none() => return,
-        Outcome::Delivered => ShardMsg::Delivered { conn, pid },
-        Outcome::Offline => ShardMsg::Offline { conn, pid },
-        Outcome::Unavailable => ShardMsg::Unavailable { conn, pid },
-    };
-    core.send_to_shard(reply.shard, msg);
 }
 
 /// Queues `frame` on every open connection of this shard except `exclude`.
@@ -1180,22 +1164,16 @@ fn announce_presence<H: Handler>(
     if !automatic {
         u.last_presence_ms = Some(now_ms);
     }
-    let (status, context) = match (target, &u.targeted) {
-        (Some(_), Some(t)) => (t.0.clone(), t.1.clone()),
-        _ => (u.status.clone(), u.context.clone()),
-    };
-    let record = PresenceRecord {
-        username: u.name.clone(),
-        status,
-        context,
-        since_ms: u.since_ms,
-    };
+    let mut record = local_record(u);
+    if let (Some(_), Some(t)) = (target, &u.targeted) {
+        (record.status, record.context) = (t.0.clone(), t.1.clone());
+    }
     write_record_event(&mut st.scratch, user, &record);
     core.metrics().inc(Metric::PresenceEvents);
     match target {
         None => {
             if st.cluster.is_some() {
-                let change = wire_record(&record);
+                let change = record.clone();
                 st.cluster_changes.push((
                     user,
                     if automatic {
@@ -1218,22 +1196,13 @@ fn announce_presence<H: Handler>(
     }
 }
 
-/// A local user's public presence, for the other nodes.
-fn local_record(u: &LocalUser) -> Record {
-    Record {
-        since_ms: u.since_ms,
-        name: u.name.clone(),
+/// A local user's public presence.
+fn local_record(u: &LocalUser) -> PresenceRecord {
+    PresenceRecord {
+        username: u.name.clone(),
         status: u.status.clone(),
         context: u.context.clone(),
-    }
-}
-
-fn wire_record(r: &PresenceRecord) -> Record {
-    Record {
-        since_ms: r.since_ms,
-        name: r.username.clone(),
-        status: r.status.clone(),
-        context: r.context.clone(),
+        since_ms: u.since_ms,
     }
 }
 
@@ -1283,15 +1252,13 @@ fn apply_remote_presence<H: Handler>(
     let local = st.users.get(UserId(user)).is_some();
     let was_online = local || st.remote.contains_key(&user);
     match change {
-        Change::Online(r) => {
-            let record = remote_record(r);
+        Change::Online(record) => {
             remember_remote(st, user, node, record.clone());
             if !was_online {
                 announce_record(core, st, user, record, true);
             }
         }
-        Change::Update(r) => {
-            let record = remote_record(r);
+        Change::Update(record) => {
             remember_remote(st, user, node, record.clone());
             announce_record(core, st, user, record, true);
         }
@@ -1307,15 +1274,6 @@ fn apply_remote_presence<H: Handler>(
                 }
             }
         }
-    }
-}
-
-fn remote_record(r: Record) -> PresenceRecord {
-    PresenceRecord {
-        username: r.name,
-        status: r.status,
-        context: r.context,
-        since_ms: r.since_ms,
     }
 }
 

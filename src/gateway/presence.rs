@@ -9,8 +9,8 @@
 
 use super::registry::UserMap;
 
-/// One online user in the replica.
-#[derive(Clone, Debug)]
+/// One online user in the replica (and, in cluster mode, on the wire between nodes).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PresenceRecord {
     pub username: Box<str>,
     pub status: Box<str>,
