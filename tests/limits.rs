@@ -121,9 +121,35 @@ fn a_message_over_the_size_limit_closes_with_1009() {
     assert_eq!(alice.expect_close(), Some(1009));
 }
 
+/// How the flood reaches the slow consumer (each takes its own path into the outbound queue).
+#[derive(Clone, Copy, PartialEq)]
+enum Flood {
+    /// P2P from another shard: a shared frame through the cross-shard queue.
+    P2pCrossShard,
+    /// P2P on one shard: the event is framed straight into the target's buffer.
+    P2pSameShard,
+    /// Broadcast: one shared frame queued on every connection in one pass.
+    Broadcast,
+}
+
 #[test]
 fn a_slow_consumer_is_closed_and_memory_stays_bounded() {
-    let mut cfg = gateway_config(2);
+    slow_consumer_case(Flood::P2pCrossShard);
+}
+
+#[test]
+fn a_slow_consumer_of_same_shard_p2p_is_closed() {
+    slow_consumer_case(Flood::P2pSameShard);
+}
+
+#[test]
+fn a_slow_consumer_of_broadcasts_is_closed() {
+    slow_consumer_case(Flood::Broadcast);
+}
+
+fn slow_consumer_case(flood: Flood) {
+    let shards = if flood == Flood::P2pCrossShard { 2 } else { 1 };
+    let mut cfg = gateway_config(shards);
     cfg.outbound_queue_limit = 256 * 1024;
     cfg.rate_limit = 1_000_000;
     cfg.rate_burst = 1_000_000;
@@ -135,12 +161,18 @@ fn a_slow_consumer_is_closed_and_memory_stays_bounded() {
     slow.write_all(upgrade_request("/ws", &format!("Authorization: Bearer {t}\r\n")).as_bytes())
         .unwrap();
     std::thread::sleep(Duration::from_millis(200));
-    let mut bystander = User::connect(addr, 3, "carol");
+    // A bystander would receive the broadcasts too; it only checks P2P isolation.
+    let mut bystander = (flood != Flood::Broadcast).then(|| User::connect(addr, 3, "carol"));
     let mut flooder = User::connect(addr, 1, "alice");
     let before = rss_kib();
     // ~200 MiB aimed at the slow consumer.
     let chunk = "z".repeat(16 * 1024);
-    let msg = format!(r#"{{"type":"data_request","targetUserId":2,"payload":{{"x":"{chunk}"}}}}"#);
+    let target = if flood == Flood::Broadcast {
+        String::new()
+    } else {
+        r#""targetUserId":2,"#.to_string()
+    };
+    let msg = format!(r#"{{"type":"data_request",{target}"payload":{{"x":"{chunk}"}}}}"#);
     for i in 0..12_800 {
         flooder.ws.write(Message::text(msg.clone())).unwrap();
         if i % 32 == 0 {
@@ -148,7 +180,8 @@ fn a_slow_consumer_is_closed_and_memory_stays_bounded() {
         }
     }
     flooder.ws.flush().unwrap();
-    // Once the slow consumer is gone, P2P to it answers 404.
+    // Once the slow consumer is gone, P2P to it answers 404 (after a broadcast flood too:
+    // the broadcast pass dropped it).
     flooder.send(json!({"pid": "probe", "type": "data_request", "targetUserId": 2, "payload": {}}));
     loop {
         let v = flooder.recv();
@@ -168,10 +201,12 @@ fn a_slow_consumer_is_closed_and_memory_stays_bounded() {
     let mut all = Vec::new();
     let _ = slow.read_to_end(&mut all);
     // Other users are unaffected.
-    flooder.send(
-        json!({"pid": "ok", "type": "data_request", "targetUserId": 3, "payload": {"hi": 1}}),
-    );
-    assert_eq!(bystander.recv_type("data_event")["payload"]["hi"], 1);
+    if let Some(bystander) = bystander.as_mut() {
+        flooder.send(
+            json!({"pid": "ok", "type": "data_request", "targetUserId": 3, "payload": {"hi": 1}}),
+        );
+        assert_eq!(bystander.recv_type("data_event")["payload"]["hi"], 1);
+    }
     let text = server.metrics_text();
     assert!(
         text.contains("customws_closes_total{reason=\"slow_consumer\"} 1"),

@@ -582,7 +582,7 @@ impl<H: Handler> App for Gateway<H> {
                 deliver_to_user(core, st, to, &frame, None, reply);
             }
             ShardMsg::FromCluster { to, frame } => {
-                deliver_local(core, st, to, &frame, None);
+                deliver_local(core, st, to, Event::Frame(&frame), None);
             }
             ShardMsg::RemotePresence { changes } => {
                 for (user, node, change) in changes {
@@ -592,7 +592,9 @@ impl<H: Handler> App for Gateway<H> {
             ShardMsg::ClusterPublish { .. }
             | ShardMsg::ClusterBroadcast { .. }
             | ShardMsg::ClusterPresence { .. } => {}
-            ShardMsg::Answer { conn, pid, outcome } => answer_here(core, st, conn, pid, outcome),
+            ShardMsg::Answer { conn, pid, outcome } => {
+                answer_here(core, st, conn, pid.as_deref(), outcome)
+            }
             ShardMsg::Broadcast { frame } => {
                 let n = deliver_all(core, &frame, None);
                 core.metrics().add(Metric::MsgOutDataEvent, n);
@@ -746,17 +748,34 @@ pub(crate) fn send_ack<H: Handler>(
     }
 }
 
-/// Queues `frame` on every connection of `user` on this shard (except `exclude`).
+/// A server event on its way to the connections of one user.
+#[derive(Clone, Copy)]
+enum Event<'a> {
+    /// Serialized JSON, framed straight into each connection's output buffer: no frame is
+    /// allocated for a delivery that never leaves the shard.
+    Json(&'a [u8]),
+    /// A frame encoded once for many recipients or for another shard.
+    Frame(&'a Bytes),
+}
+
+/// Queues `event` on every connection of `user` on this shard (except `exclude`).
 fn deliver_local<H: Handler>(
     core: &mut Core<Gateway<H>>,
     st: &GatewayState<H>,
     user: u64,
-    frame: &Bytes,
+    event: Event<'_>,
     exclude: Option<ConnKey>,
 ) -> usize {
     let mut n = 0;
     for &k in st.users.conns(user) {
-        if Some(k) != exclude && core.send_shared(k, frame) {
+        if Some(k) == exclude {
+            continue;
+        }
+        let queued = match event {
+            Event::Json(json) => core.send_text(k, json),
+            Event::Frame(frame) => core.send_shared(k, frame),
+        };
+        if queued {
             n += 1;
         }
     }
@@ -776,7 +795,7 @@ fn deliver_to_user<H: Handler>(
     exclude: Option<ConnKey>,
     mut reply: Option<Reply>,
 ) {
-    let n = deliver_local(core, st, user, frame, exclude);
+    let n = deliver_local(core, st, user, Event::Frame(frame), exclude);
     if let Some(link) = &st.cluster {
         if n == 0 || st.remote.contains_key(&user) {
             if link.is_up() {
@@ -816,7 +835,7 @@ fn answer<H: Handler>(
     outcome: Outcome,
 ) {
     if reply.shard == core.shard_id() {
-        answer_here(core, st, reply.conn, reply.pid, outcome);
+        answer_here(core, st, reply.conn, reply.pid.as_deref(), outcome);
     } else if outcome != Outcome::Delivered || reply.pid.is_some() {
         core.send_to_shard(reply.shard, reply.answer(outcome));
     }
@@ -827,31 +846,24 @@ fn answer_here<H: Handler>(
     core: &mut Core<Gateway<H>>,
     st: &mut GatewayState<H>,
     conn: ConnKey,
-    pid: Option<Box<str>>,
+    pid: Option<&str>,
     outcome: Outcome,
 ) {
     match outcome {
         Outcome::Delivered => {
             if let Some(pid) = pid {
-                send_ack(core, st, conn, &pid);
+                send_ack(core, st, conn, pid);
             }
         }
         Outcome::Offline => {
             core.metrics().inc(Metric::OfflineTargets);
-            send_error(
-                core,
-                st,
-                conn,
-                pid.as_deref(),
-                404,
-                "target user is not connected",
-            );
+            send_error(core, st, conn, pid, 404, "target user is not connected");
         }
         Outcome::Unavailable => send_error(
             core,
             st,
             conn,
-            pid.as_deref(),
+            pid,
             503,
             "cluster link down: the target may be on another node",
         ),
@@ -864,14 +876,7 @@ fn deliver_all<H: Handler>(
     frame: &Bytes,
     exclude: Option<ConnKey>,
 ) -> u64 {
-    let mut keys = Vec::new();
-    core.for_each_open(|k| keys.push(k));
-    let mut n = 0u64;
-    for k in keys {
-        if Some(k) != exclude && core.send_shared(k, frame) {
-            n += 1;
-        }
-    }
+    let n = core.send_shared_to_all(frame, exclude);
     core.metrics().add(Metric::Deliveries, n);
     n
 }
@@ -1008,6 +1013,22 @@ fn handle_data_request<H: Handler>(
     if let Some(target) = msg.target_user_id {
         // P2P: every connection of the target, on its home shard.
         let home = home_shard(target, shards);
+        if home == core.shard_id() && st.cluster.is_none() {
+            // Target homed here (always, with one shard) and no other node can hold it:
+            // the event goes from the serialization buffer straight into the target's
+            // output buffers and the answer borrows the pid (no frame, no boxed pid).
+            let json = std::mem::take(&mut st.scratch);
+            let n = deliver_local(core, st, target, Event::Json(&json), None);
+            st.scratch = json;
+            let outcome = if n == 0 {
+                Outcome::Offline
+            } else {
+                Outcome::Delivered
+            };
+            st.targets = targets;
+            answer_here(core, st, key, msg.pid, outcome);
+            return;
+        }
         let reply = Some(Reply {
             shard: core.shard_id(),
             conn: key,

@@ -282,23 +282,46 @@ impl<A: App> Core<A> {
         let Some(c) = slot(&mut self.conns, key) else {
             return false;
         };
-        if c.out.pending() > limit {
-            let at_frame_boundary = c.out.clear(&mut self.pool);
-            if at_frame_boundary {
-                let mut frame = Vec::with_capacity(32);
-                encode_close(&mut frame, CloseCode::TRY_AGAIN_LATER, "slow consumer");
-                // Best effort, non-blocking: if the socket has room the peer learns why.
-                let _ = io::Write::write(&mut c.stream, &frame);
+        let kept = settle_push(c, &mut self.pool, limit, &self.metrics);
+        if kept {
+            if !c.has(flag::DIRTY) {
+                c.set(flag::DIRTY);
+                self.dirty.push(key);
             }
-            self.metrics.inc(Metric::CloseSlowConsumer);
+        } else {
             self.doom(key);
-            return false;
         }
-        if !c.has(flag::DIRTY) {
-            c.set(flag::DIRTY);
-            self.dirty.push(key);
+        kept
+    }
+
+    /// Queues a shared frame on every open connection of this shard except `exclude`;
+    /// returns how many took it. One pass over the slab: no list of keys is collected
+    /// (a broadcast to 1,000 connections used to build and free a 1,000-key `Vec`).
+    pub fn send_shared_to_all(&mut self, frame: &Bytes, exclude: Option<ConnKey>) -> u64 {
+        let limit = self.config.outbound_queue_limit;
+        let mut n = 0;
+        for (idx, c) in self.conns.iter_mut() {
+            if c.phase != Phase::Open || c.has(flag::DOOMED) {
+                continue;
+            }
+            let key = ConnKey::new(idx, c.generation);
+            if Some(key) == exclude {
+                continue;
+            }
+            c.out.push_shared(&mut self.pool, frame);
+            if settle_push(c, &mut self.pool, limit, &self.metrics) {
+                n += 1;
+                if !c.has(flag::DIRTY) {
+                    c.set(flag::DIRTY);
+                    self.dirty.push(key);
+                }
+            } else {
+                // What `doom` does; the slab is borrowed by the loop.
+                c.set(flag::DOOMED);
+                self.doomed.push(key);
+            }
         }
-        true
+        n
     }
 
     /// Starts the closing handshake: queues a Close frame after whatever is queued, stops
@@ -1452,6 +1475,29 @@ impl<A: App> Shard<A> {
 
 /// The connection behind `key`, if the slot still holds that generation (a borrow of the
 /// slab alone, so the rest of the core stays usable).
+/// Enforces the outbound limit after a frame was queued on `c`: a slow consumer's queue is
+/// released and it is told 1013 if the socket still takes a frame. Returns false when the
+/// connection must be doomed.
+fn settle_push<S>(
+    c: &mut Conn<S>,
+    pool: &mut outbound::BufPool,
+    limit: usize,
+    metrics: &ShardMetrics,
+) -> bool {
+    if c.out.pending() <= limit {
+        return true;
+    }
+    let at_frame_boundary = c.out.clear(pool);
+    if at_frame_boundary {
+        let mut frame = Vec::with_capacity(32);
+        encode_close(&mut frame, CloseCode::TRY_AGAIN_LATER, "slow consumer");
+        // Best effort, non-blocking: if the socket has room the peer learns why.
+        let _ = io::Write::write(&mut c.stream, &frame);
+    }
+    metrics.inc(Metric::CloseSlowConsumer);
+    false
+}
+
 fn slot<S>(conns: &mut Slab<Conn<S>>, key: ConnKey) -> Option<&mut Conn<S>> {
     conns
         .get_mut(key.index())
