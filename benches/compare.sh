@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side comparison: customws against a tokio-tungstenite echo server and an idiomatic
-# tokio gateway (benches/peers/), under the same loads from customws-bench.
+# tokio gateway (benches/peers/), under the same loads from customws-bench, plus the "floor"
+# (benches/peers/mio-floor: a bare mio echo loop that only unmasks, no checks) to show how much
+# of each echo figure is the kernel's socket work that every server pays.
 #
 # Every server is pinned to core 0 (taskset -c 0), the load generator to core 1. The figure
 # that matters is server CPU nanoseconds per message (from /proc/PID/stat): on a 2-core
@@ -11,7 +13,7 @@
 #   --quick       2 s windows instead of 5 s (smoke test of the script)
 #   --skip-build  reuse the binaries already built
 # Environment: DURATION (seconds per window), RESULTS (directory for the JSON lines).
-# Needs: cargo, taskset, jq. Runs ~4 minutes after the builds.
+# Needs: cargo, taskset, jq. Runs ~5 minutes after the builds.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -40,11 +42,13 @@ if [ "$BUILD" = 1 ]; then
     cargo build --release --bin customws --bin customws-bench
     (cd benches/peers/tokio-echo && cargo build --release)
     (cd benches/peers/tokio-gateway && cargo build --release)
+    (cd benches/peers/mio-floor && cargo build --release)
 fi
 CUSTOMWS=$ROOT/target/release/customws
 BENCH=$ROOT/target/release/customws-bench
 TOKIO_ECHO=$ROOT/benches/peers/tokio-echo/target/release/tokio-echo
 TOKIO_GATEWAY=$ROOT/benches/peers/tokio-gateway/target/release/tokio-gateway
+MIO_FLOOR=$ROOT/benches/peers/mio-floor/target/release/mio-floor
 
 SERVER_PID=
 cleanup() {
@@ -74,6 +78,13 @@ start_server() {
             taskset -c $SERVER_CPU "$CUSTOMWS" serve --listen "$addr" --shards 1 \
                 --jwt-secret "$SECRET" --admin-listen off --log-level warn \
                 --rate-limit 1000000000 --rate-burst 1000000000 >"$RESULTS/$1.log" 2>&1 & ;;
+        customws-gateway-nofanout)
+            # The tokio peer has no presence: this is the like-for-like upgrade figure.
+            taskset -c $SERVER_CPU "$CUSTOMWS" serve --listen "$addr" --shards 1 \
+                --jwt-secret "$SECRET" --admin-listen off --log-level warn \
+                --presence-fanout off >"$RESULTS/$1.log" 2>&1 & ;;
+        mio-floor)
+            taskset -c $SERVER_CPU "$MIO_FLOOR" "$addr" >"$RESULTS/$1.log" 2>&1 & ;;
         tokio-echo)
             taskset -c $SERVER_CPU "$TOKIO_ECHO" "$addr" >"$RESULTS/$1.log" 2>&1 & ;;
         tokio-gateway)
@@ -110,9 +121,10 @@ run() {
 }
 
 echo "== results in $RESULTS (server on core $SERVER_CPU, load generator on core $CLIENT_CPU)"
-for s in customws-echo tokio-echo; do
+for s in customws-echo tokio-echo mio-floor; do
     run echo-16 "$s" echo --connections 100 --size 32 --in-flight 16
     run echo-1 "$s" echo --connections 100 --size 32 --in-flight 1
+    if [ "$s" = mio-floor ]; then continue; fi
     # The runtime alone: upgrades (the token is sent but not checked) and idle memory.
     run hold-19k "$s" hold --connections 19000 --hold-for 1
 done
@@ -125,6 +137,7 @@ for s in customws-gateway tokio-gateway; do
     # process here may open at most 20,000 files.
     run hold-19k-auth "$s" hold --connections 19000 --hold-for 1
 done
+run hold-19k-auth customws-gateway-nofanout hold --connections 19000 --hold-for 1
 
 # Latency at half the saturating load: each server at half the rate it reached above.
 half_rate() {
@@ -148,20 +161,30 @@ jq -rs '
     (map(select(.test == t and .label == a)) | first) as $x |
     (map(select(.test == t and .label == b)) | first) as $y |
     if $x and $y then
-      [t, f, ($x[f] // 0), ($y[f] // 0),
+      [t, f, a, ($x[f] // 0), b, ($y[f] // 0),
        (if ($y[f] // 0) > 0 then (($x[f] // 0) / $y[f]) else null end)]
     else empty end;
   def fmt: if type == "number" then (if . >= 100 then (. | floor | tostring)
             else ((. * 1000 | round) / 1000 | tostring) end) else tostring end;
-  (["test", "figure", "customws", "peer", "ratio"] | @tsv),
+  (["test", "figure", "server", "value", "peer", "value", "ratio"] | @tsv),
   ([
     row("echo-16"; "customws-echo"; "tokio-echo"; "server_cpu_ns_per_msg"),
+    row("echo-16"; "customws-echo"; "tokio-echo"; "server_user_ns_per_msg"),
+    row("echo-16"; "customws-echo"; "tokio-echo"; "server_sys_ns_per_msg"),
     row("echo-16"; "customws-echo"; "tokio-echo"; "msgs_per_s"),
+    row("echo-16"; "customws-echo"; "mio-floor"; "server_cpu_ns_per_msg"),
     row("echo-1"; "customws-echo"; "tokio-echo"; "server_cpu_ns_per_msg"),
+    row("echo-1"; "customws-echo"; "tokio-echo"; "server_user_ns_per_msg"),
+    row("echo-1"; "customws-echo"; "tokio-echo"; "server_sys_ns_per_msg"),
     row("echo-1"; "customws-echo"; "tokio-echo"; "msgs_per_s"),
+    row("echo-1"; "customws-echo"; "mio-floor"; "server_cpu_ns_per_msg"),
     row("p2p-1000"; "customws-gateway"; "tokio-gateway"; "server_cpu_ns_per_msg"),
+    row("p2p-1000"; "customws-gateway"; "tokio-gateway"; "server_user_ns_per_msg"),
+    row("p2p-1000"; "customws-gateway"; "tokio-gateway"; "server_sys_ns_per_msg"),
     row("p2p-1000"; "customws-gateway"; "tokio-gateway"; "msgs_per_s"),
     row("broadcast-1000"; "customws-gateway"; "tokio-gateway"; "server_cpu_ns_per_msg"),
+    row("broadcast-1000"; "customws-gateway"; "tokio-gateway"; "server_user_ns_per_msg"),
+    row("broadcast-1000"; "customws-gateway"; "tokio-gateway"; "server_sys_ns_per_msg"),
     row("broadcast-1000"; "customws-gateway"; "tokio-gateway"; "msgs_per_s"),
     row("hold-19k"; "customws-echo"; "tokio-echo"; "handshakes_per_s"),
     row("hold-19k"; "customws-echo"; "tokio-echo"; "server_cpu_ns_per_handshake"),
@@ -169,6 +192,9 @@ jq -rs '
     row("hold-19k-auth"; "customws-gateway"; "tokio-gateway"; "handshakes_per_s"),
     row("hold-19k-auth"; "customws-gateway"; "tokio-gateway"; "server_cpu_ns_per_handshake"),
     row("hold-19k-auth"; "customws-gateway"; "tokio-gateway"; "server_rss_per_conn_bytes"),
+    row("hold-19k-auth"; "customws-gateway-nofanout"; "tokio-gateway"; "handshakes_per_s"),
+    row("hold-19k-auth"; "customws-gateway-nofanout"; "tokio-gateway"; "server_cpu_ns_per_handshake"),
+    row("hold-19k-auth"; "customws-gateway-nofanout"; "tokio-gateway"; "server_rss_per_conn_bytes"),
     row("echo-16-half"; "customws-echo"; "tokio-echo"; "msgs_per_s"),
     row("p2p-1000-half"; "customws-gateway"; "tokio-gateway"; "msgs_per_s")
   ][] | map(fmt) | @tsv)

@@ -470,13 +470,14 @@ fn finish(
 
     let secs = window.as_secs_f64();
     let mode = args.mode;
-    let (messages, server_cpu_ns, server_sched_ns) = match (cpu0, cpu1) {
+    let (messages, server_cpu_ns, server_sys_ns, server_sched_ns) = match (cpu0, cpu1) {
         (Some(a), Some(b)) => (
             counts.window_received,
             Some(b.cpu_ns.saturating_sub(a.cpu_ns)),
+            Some(b.sys_ns.saturating_sub(a.sys_ns)),
             Some(b.sched_ns.saturating_sub(a.sched_ns)),
         ),
-        _ => (counts.window_received, None, None),
+        _ => (counts.window_received, None, None, None),
     };
     let per_msg = |ns: Option<u64>| -> Option<f64> {
         ns.filter(|_| messages > 0)
@@ -536,6 +537,10 @@ fn finish(
             out["server_rss_per_conn_bytes"] = json!(per_conn);
             out["server_cpu_ns"] = json!(cpu);
             out["server_cpu_ns_per_handshake"] = json!(cpu as f64 / connected.max(1) as f64);
+            let sys = b.sys_ns.saturating_sub(a.sys_ns);
+            out["server_sys_ns_per_handshake"] = json!(sys as f64 / connected.max(1) as f64);
+            out["server_user_ns_per_handshake"] =
+                json!(cpu.saturating_sub(sys) as f64 / connected.max(1) as f64);
         }
         print_latency("upgrade", &handshake);
     } else {
@@ -565,6 +570,21 @@ fn finish(
             out["server_cpu_util"] = json!(util);
             out["server_cpu_ns_per_msg"] = json!(per_msg(Some(cpu)));
             out["server_sched_ns_per_msg"] = json!(per_msg(server_sched_ns));
+            if let Some(sys) = server_sys_ns {
+                let user = cpu.saturating_sub(sys);
+                println!(
+                    "  of which user space {:.0} ns, kernel {:.0} ns per {}",
+                    per_msg(Some(user)).unwrap_or(f64::NAN),
+                    per_msg(Some(sys)).unwrap_or(f64::NAN),
+                    if mode == Mode::Echo {
+                        "echo"
+                    } else {
+                        "delivery"
+                    },
+                );
+                out["server_user_ns_per_msg"] = json!(per_msg(Some(user)));
+                out["server_sys_ns_per_msg"] = json!(per_msg(Some(sys)));
+            }
         }
         multi::report_redis(&mut out, redis, messages, window);
         if args.targets.len() > 1 && mode == Mode::P2p {

@@ -255,12 +255,16 @@ impl OutQueue {
                             n += 1;
                         }
                     }
-                    w.write_vectored(&iov[..n])
+                    if n == 1 {
+                        w.write(&iov[0])
+                    } else {
+                        w.write_vectored(&iov[..n])
+                    }
                 }
-                _ => {
-                    let rest = self.tail.get(self.head_written..).unwrap_or_default();
-                    w.write_vectored(&[IoSlice::new(rest)])
-                }
+                // One contiguous piece (the common case): `send`, not a one-element `writev`.
+                // On a socket `writev` takes the VFS path (iovec import, fd position lock,
+                // fsnotify) before reaching the same `sock_sendmsg`.
+                _ => w.write(self.tail.get(self.head_written..).unwrap_or_default()),
             };
             let written = match result {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),

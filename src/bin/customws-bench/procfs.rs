@@ -15,6 +15,9 @@ const NS_PER_TICK: u64 = 1_000_000_000 / USER_HZ;
 pub struct Sample {
     /// utime + stime of all the process's threads, in nanoseconds (10 ms resolution).
     pub cpu_ns: u64,
+    /// The kernel's part of `cpu_ns` (stime): on loopback mostly socket work, which any
+    /// server pays for the same traffic; `cpu_ns - sys_ns` is the server's own code.
+    pub sys_ns: u64,
     /// Sum of the threads' `schedstat` run time in nanoseconds (exact; 0 when unavailable).
     pub sched_ns: u64,
     /// Resident set size in KiB (`VmRSS`).
@@ -24,11 +27,14 @@ pub struct Sample {
 /// Samples process `pid`; `None` when it cannot be read (no such process, not Linux).
 pub fn sample(pid: u32) -> Option<Sample> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let cpu_ns = parse_stat_cpu_ticks(&stat)?.saturating_mul(NS_PER_TICK);
+    let (utime, stime) = parse_stat_cpu_ticks(&stat)?;
+    let cpu_ns = (utime + stime).saturating_mul(NS_PER_TICK);
+    let sys_ns = stime.saturating_mul(NS_PER_TICK);
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let rss_kib = parse_vmrss_kib(&status).unwrap_or(0);
     Some(Sample {
         cpu_ns,
+        sys_ns,
         sched_ns: sched_ns(pid),
         rss_kib,
     })
@@ -44,6 +50,7 @@ pub fn sample_all(pids: &[u32]) -> Option<Sample> {
         let s = sample(pid)?;
         Some(Sample {
             cpu_ns: acc.cpu_ns + s.cpu_ns,
+            sys_ns: acc.sys_ns + s.sys_ns,
             sched_ns: acc.sched_ns + s.sched_ns,
             rss_kib: acc.rss_kib + s.rss_kib,
         })
@@ -68,16 +75,16 @@ fn sched_ns(pid: u32) -> u64 {
         .sum()
 }
 
-/// utime + stime (fields 14 and 15) from a `/proc/PID/stat` line. The command name (field 2)
+/// (utime, stime) (fields 14 and 15) from a `/proc/PID/stat` line. The command name (field 2)
 /// is in parentheses and may contain spaces or parentheses, so fields are counted after the
 /// last `)`.
-fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
+fn parse_stat_cpu_ticks(stat: &str) -> Option<(u64, u64)> {
     let after = &stat[stat.rfind(')')? + 1..];
     let mut fields = after.split_whitespace();
     // After ")": field 3 (state) is index 0, so utime (field 14) is index 11.
     let utime: u64 = fields.nth(11)?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
+    Some((utime, stime))
 }
 
 fn parse_vmrss_kib(status: &str) -> Option<u64> {
@@ -92,7 +99,7 @@ mod tests {
     #[test]
     fn stat_fields_are_counted_after_the_command_name() {
         let stat = "1234 (a b) c)) S 1 2 3 4 5 6 7 8 9 10 250 17 0 0 20 0 3 0";
-        assert_eq!(parse_stat_cpu_ticks(stat), Some(267));
+        assert_eq!(parse_stat_cpu_ticks(stat), Some((250, 17)));
     }
 
     #[test]
