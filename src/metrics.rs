@@ -81,6 +81,8 @@ counters! {
     Err503 => ("customws_errors_total", "code=\"503\"", "counter", ""),
     Users => ("customws_users", "", "gauge", "Distinct users with at least one open connection."),
     LoopTurns => ("customws_loop_turns_total", "", "counter", "Event loop iterations."),
+    SocketReads => ("customws_socket_syscalls_total", "op=\"read\"", "counter", "Read and write system calls on client sockets (messages per syscall is the batching the loop achieves)."),
+    SocketWrites => ("customws_socket_syscalls_total", "op=\"write\"", "counter", ""),
 }
 
 const N: usize = METRICS.len();

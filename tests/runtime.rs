@@ -259,3 +259,31 @@ fn stop_path_ends_every_shard() {
     server.stop();
     server.join().unwrap();
 }
+
+/// The syscall counters count the socket reads and writes: ten frames that arrive in one
+/// segment are read together and echoed with far fewer than ten writes.
+#[test]
+fn socket_syscalls_are_counted_and_batched() {
+    let server = echo_server(1);
+    let mut ws = connect(server.local_addr(), &[]).unwrap();
+    for i in 0..10 {
+        ws.write(Message::text(format!("m{i}"))).unwrap();
+    }
+    ws.flush().unwrap(); // one write: the ten frames travel in one segment
+    for i in 0..10 {
+        assert_eq!(next_data(&mut ws), Message::text(format!("m{i}")));
+    }
+    let text = server.metrics_text();
+    let value = |op: &str| -> u64 {
+        let prefix = format!("customws_socket_syscalls_total{{op=\"{op}\"}} ");
+        let line = text.lines().find(|l| l.starts_with(&prefix));
+        line.unwrap_or_else(|| panic!("no {prefix}: {text}"))[prefix.len()..]
+            .parse()
+            .unwrap()
+    };
+    let (reads, writes) = (value("read"), value("write"));
+    // The request, then the frames (a short read ends each: no read that says EAGAIN).
+    assert!((2..=4).contains(&reads), "reads {reads}");
+    // The 101, then the echoes of one read in one write.
+    assert!((2..=4).contains(&writes), "writes {writes}");
+}

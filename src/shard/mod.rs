@@ -865,7 +865,9 @@ impl<A: App> Shard<A> {
             let mut eof = false;
             let mut failed = false;
             let mut would_block = false;
+            let mut reads = 0u64;
             while filled < buf.len() {
+                reads += 1;
                 match c.stream.read(&mut buf[filled..]) {
                     Ok(0) => {
                         eof = true;
@@ -897,6 +899,7 @@ impl<A: App> Shard<A> {
                 c.last_seen_ms = now_ms;
                 self.core.metrics.add(Metric::BytesIn, fresh as u64);
             }
+            self.core.metrics.add(Metric::SocketReads, reads);
             budget = budget.saturating_sub(fresh);
             let keep_going = self.process_input(key, filled, before);
             if failed {
@@ -1412,7 +1415,13 @@ impl<A: App> Shard<A> {
                 continue;
             }
             let before = c.out.pending();
-            match c.out.flush(&mut self.core.pool, &mut c.stream) {
+            let mut counted = CountWrites {
+                inner: &mut c.stream,
+                calls: 0,
+            };
+            let flushed = c.out.flush(&mut self.core.pool, &mut counted);
+            self.core.metrics.add(Metric::SocketWrites, counted.calls);
+            match flushed {
                 Ok(outbound::Flush::Done) => {
                     self.core.metrics.add(Metric::BytesOut, before as u64);
                     if c.has(flag::DROP_AFTER_FLUSH) {
@@ -1475,6 +1484,28 @@ impl<A: App> Shard<A> {
 
 /// The connection behind `key`, if the slot still holds that generation (a borrow of the
 /// slab alone, so the rest of the core stays usable).
+/// A writer that counts the write calls reaching the socket (the syscall metric).
+struct CountWrites<'a, W> {
+    inner: &'a mut W,
+    calls: u64,
+}
+
+impl<W: io::Write> io::Write for CountWrites<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.calls += 1;
+        self.inner.write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.calls += 1;
+        self.inner.write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// Enforces the outbound limit after a frame was queued on `c`: a slow consumer's queue is
 /// released and it is told 1013 if the socket still takes a frame. Returns false when the
 /// connection must be doomed.
