@@ -789,7 +789,9 @@ impl<A: App> Shard<A> {
     }
 
     fn register_new(&mut self, mut stream: Transport) -> io::Result<()> {
-        stream.set_nodelay()?;
+        if !listener::ACCEPTED_INHERIT_NODELAY {
+            stream.set_nodelay()?;
+        }
         let core = &mut self.core;
         let generation = core.generations.next();
         let entry = core.conns.vacant_entry();
