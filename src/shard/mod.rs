@@ -1433,7 +1433,7 @@ impl<A: App> Shard<A> {
                 continue;
             }
             let mut conn = self.core.conns.remove(key.index());
-            conn.stream.deregister(&self.core.registry);
+            conn.stream.deregister_before_close(&self.core.registry);
             let was_open = matches!(conn.phase, Phase::Open | Phase::Closing);
             if was_open {
                 self.core.open -= 1;
