@@ -811,15 +811,24 @@ impl<A: App> Shard<A> {
             session: A::Session::default(),
         });
         let deadline = core.now + core.config.handshake_timeout;
-        core.timers.insert(
-            deadline,
-            TimerEntry {
-                key,
-                kind: TimerKind::Handshake,
-            },
-        );
-        // The socket may already hold the request; the edge fired before registration.
+        // The socket usually holds the whole request already (the edge fired before
+        // registration): read it now. The handshake timer is only needed if the request is
+        // still incomplete afterwards (it does nothing in any other phase), which saves a
+        // timer insert and a later expiry for nearly every upgrade.
         self.handle_readable(key, ReadUntil::ShortRead);
+        if self
+            .core
+            .conn(key)
+            .is_some_and(|c| c.phase == Phase::Handshake && !c.has(flag::DOOMED))
+        {
+            self.core.timers.insert(
+                deadline,
+                TimerEntry {
+                    key,
+                    kind: TimerKind::Handshake,
+                },
+            );
+        }
         Ok(())
     }
 
