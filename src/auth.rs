@@ -22,6 +22,8 @@ use serde_json::Value;
 
 use crate::config::{AuthConfig, JwtKey};
 
+mod hs256_fast;
+
 /// The subprotocol the gateway speaks; selected whenever the client offers it.
 pub const SUBPROTOCOL: &str = "customws.v1";
 
@@ -196,6 +198,9 @@ pub enum AuthSetupError {
 pub struct Verifier {
     key: DecodingKey,
     validation: Validation,
+    /// For an HMAC secret without a configured issuer or audience: accepts the common HS256
+    /// token without jsonwebtoken (see `hs256_fast`); anything else goes to jsonwebtoken.
+    fast: Option<hs256_fast::Hs256Fast>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -252,12 +257,36 @@ impl Verifier {
             // (jsonwebtoken would otherwise reject every token carrying `aud`).
             None => validation.validate_aud = false,
         }
-        Ok(Verifier { key, validation })
+        let fast = match &cfg.key {
+            JwtKey::Hmac(secret) if cfg.issuer.is_none() && cfg.audience.is_none() => {
+                Some(hs256_fast::Hs256Fast::new(secret, validation.leeway))
+            }
+            _ => None,
+        };
+        Ok(Verifier {
+            key,
+            validation,
+            fast,
+        })
     }
 
     /// Verifies signature, algorithm, `exp`/`nbf` (with leeway), `iss`/`aud` when configured,
     /// then the customws claims (`sub`, `name`, `roles`). Reads the wall clock.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        if let Some(fast) = &self.fast {
+            if let Some(identity) =
+                fast.verify(token.as_bytes(), jsonwebtoken::get_current_timestamp())
+            {
+                return Ok(identity);
+            }
+        }
+        self.verify_with_jsonwebtoken(token)
+    }
+
+    /// [`Verifier::verify`] without the HS256 fast path: every token through jsonwebtoken.
+    /// For the differential test and the `auth` benchmark.
+    #[doc(hidden)]
+    pub fn verify_with_jsonwebtoken(&self, token: &str) -> Result<Identity, AuthError> {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
@@ -372,19 +401,23 @@ impl RawClaims {
 fn parse_subject(sub: Option<&Value>) -> Option<UserId> {
     let id = match sub? {
         Value::Number(n) => n.as_u64()?,
-        Value::String(s) => {
-            let canonical = !s.is_empty()
-                && s.len() <= 16
-                && s.bytes().all(|b| b.is_ascii_digit())
-                && !s.starts_with('0');
-            if !canonical {
-                return None;
-            }
-            s.parse().ok()?
-        }
+        Value::String(s) => subject_from_str(s)?.0,
         _ => return None,
     };
     (1..=MAX_USER_ID).contains(&id).then_some(UserId(id))
+}
+
+/// A string `sub`: canonical decimal digits (no sign, no leading zero, at most 16 digits).
+/// The range is checked by the caller.
+fn subject_from_str(s: &str) -> Option<UserId> {
+    let canonical = !s.is_empty()
+        && s.len() <= 16
+        && s.bytes().all(|b| b.is_ascii_digit())
+        && !s.starts_with('0');
+    if !canonical {
+        return None;
+    }
+    s.parse().ok().map(UserId)
 }
 
 /// Takes the token from the first carrier present, in the spec's order: `Authorization:
@@ -406,7 +439,7 @@ where
     P: IntoIterator<Item = &'a [u8]>,
 {
     if let Some(token) = authorization.and_then(bearer_token) {
-        return Some((Carrier::Header, String::from_utf8_lossy(token)));
+        return Some((Carrier::Header, utf8_lossy(token)));
     }
     let from_protocol = protocols.into_iter().find_map(|p| {
         let prefix = p.get(..BEARER_PROTOCOL_PREFIX.len())?;
@@ -414,10 +447,10 @@ where
         (prefix.eq_ignore_ascii_case(BEARER_PROTOCOL_PREFIX) && !token.is_empty()).then_some(token)
     });
     if let Some(token) = from_protocol {
-        return Some((Carrier::Subprotocol, String::from_utf8_lossy(token)));
+        return Some((Carrier::Subprotocol, utf8_lossy(token)));
     }
     if let Some(token) = cookie.and_then(cookie_token) {
-        return Some((Carrier::Cookie, String::from_utf8_lossy(token)));
+        return Some((Carrier::Cookie, utf8_lossy(token)));
     }
     if allow_query {
         if let Some(token) = query.and_then(query_token) {
@@ -425,6 +458,15 @@ where
         }
     }
     None
+}
+
+/// `String::from_utf8_lossy`, with the (much cheaper) plain UTF-8 check first: a token is
+/// ASCII, so the lossy walk only runs for text that needs replacement characters.
+fn utf8_lossy(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
 }
 
 /// Whether the client offered [`SUBPROTOCOL`], so the 101 may select it. A client that sent

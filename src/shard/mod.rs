@@ -812,7 +812,9 @@ impl<A: App> Shard<A> {
     }
 
     fn register_new(&mut self, mut stream: Transport) -> io::Result<()> {
-        stream.set_nodelay()?;
+        if !listener::ACCEPTED_INHERIT_NODELAY {
+            stream.set_nodelay()?;
+        }
         let core = &mut self.core;
         let generation = core.generations.next();
         let entry = core.conns.vacant_entry();
@@ -832,15 +834,24 @@ impl<A: App> Shard<A> {
             session: A::Session::default(),
         });
         let deadline = core.now + core.config.handshake_timeout;
-        core.timers.insert(
-            deadline,
-            TimerEntry {
-                key,
-                kind: TimerKind::Handshake,
-            },
-        );
-        // The socket may already hold the request; the edge fired before registration.
+        // The socket usually holds the whole request already (the edge fired before
+        // registration): read it now. The handshake timer is only needed if the request is
+        // still incomplete afterwards (it does nothing in any other phase), which saves a
+        // timer insert and a later expiry for nearly every upgrade.
         self.handle_readable(key, ReadUntil::ShortRead);
+        if self
+            .core
+            .conn(key)
+            .is_some_and(|c| c.phase == Phase::Handshake && !c.has(flag::DOOMED))
+        {
+            self.core.timers.insert(
+                deadline,
+                TimerEntry {
+                    key,
+                    kind: TimerKind::Handshake,
+                },
+            );
+        }
         Ok(())
     }
 
@@ -1463,7 +1474,7 @@ impl<A: App> Shard<A> {
                 continue;
             }
             let mut conn = self.core.conns.remove(key.index());
-            conn.stream.deregister(&self.core.registry);
+            conn.stream.deregister_before_close(&self.core.registry);
             let was_open = matches!(conn.phase, Phase::Open | Phase::Closing);
             if was_open {
                 self.core.open -= 1;
