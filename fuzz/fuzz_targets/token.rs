@@ -6,6 +6,7 @@
 //! bytes, and places it in one carrier among arbitrary other carrier bytes.
 //!
 //! Oracles, for whatever token `extract_token` picks:
+//! - the verifier (with its HS256 fast path) decides exactly as jsonwebtoken alone does;
 //! - an HS verifier with the test secret accepts it only if an independent check agrees: three
 //!   parts, an HS* header, an HMAC by the test secret over `header.payload` (computed here with
 //!   the `hmac` crate), a numeric `exp` not past (leeway 30 s), a numeric `nbf` not in the
@@ -327,6 +328,17 @@ fuzz_target!(|input: Input| {
 
     let hs = Verifier::new(&auth_config(JwtKey::Hmac(SECRET.to_vec()))).expect("HS verifier");
     let result = hs.verify(&extracted);
+    // The HS256 fast path in front of jsonwebtoken must decide exactly as jsonwebtoken does
+    // (differential: same accept/refuse, same identity, same refusal reason).
+    if result != hs.verify_with_jsonwebtoken(&extracted) {
+        // The wall clock may have ticked between the two reads (an `exp` right at the
+        // boundary): decide both again, back to back.
+        assert_eq!(
+            hs.verify(&extracted),
+            hs.verify_with_jsonwebtoken(&extracted),
+            "fast path and jsonwebtoken disagree on {extracted}"
+        );
+    }
     if let Ok(identity) = &result {
         if let Err(why) = independent_check(&extracted, identity, now) {
             panic!("accepted a token that fails the independent check ({why}): {extracted}");
