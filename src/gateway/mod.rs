@@ -6,7 +6,7 @@
 //! text frame (in place) → EnvelopeParser (simd-json tape) → rate limit → Handler::on_message
 //!   → data_request      → P2P: local delivery, or one hop to the target's home shard
 //!                          broadcast / notification multicast: frame encoded once, shared
-//!   → presence_update   → record, coalesce, announce (all shards keep a replica)
+//!   → presence_update   → record, coalesce, announce (other shards keep a replica)
 //!   → generic_request   → whoami / ping / get_presence / refresh_token, else Handler::on_request (501)
 //!   → client_ack / generic_response → complete a pending server request
 //! ```
@@ -357,7 +357,11 @@ impl<H: Handler> App for Gateway<H> {
         let max = core.config().max_connections_per_user.get();
         let first = match st.users.get_mut(UserId(user)) {
             Some(u) => {
-                u.name = name;
+                // The public record keeps the announced name until the next announcement.
+                let previous = std::mem::replace(&mut u.name, name);
+                if u.announced_name.is_none() && previous != u.name {
+                    u.announced_name = Some(previous);
+                }
                 u.roles = roles;
                 // Over the per-user limit: the oldest connection is replaced (4000).
                 while u.conns.len() >= max {
@@ -379,6 +383,8 @@ impl<H: Handler> App for Gateway<H> {
                         bucket: TokenBucket::new(cfg.rate_limit, cfg.rate_burst, now_ms),
                         status: "online".into(),
                         context: None,
+                        unannounced: None,
+                        announced_name: None,
                         targeted: None,
                         since_ms: unix_ms(),
                         last_presence_ms: None,
@@ -557,14 +563,14 @@ impl<H: Handler> App for Gateway<H> {
         if last {
             // The last connection closed: the user goes offline everywhere, at once (an
             // offline event is never coalesced away), unless another node still holds it.
-            st.users.remove(user);
+            let gone = st.users.remove(user);
             core.metrics().set(Metric::Users, st.users.len() as u64);
             if st.cluster.is_some() {
                 st.cluster_changes.push((user.0, Change::Offline));
             }
             match st.remote.get(&user.0).map(|r| r.record.clone()) {
                 Some(record) => announce_record(core, st, user.0, record, false),
-                None => announce_offline(core, st, user.0),
+                None => announce_offline(core, st, user.0, gone.as_ref()),
             }
         }
         let mut ctx = Ctx {
@@ -1090,16 +1096,20 @@ fn handle_presence_update<H: Handler>(
     let Some(u) = st.users.get_mut(UserId(user)) else {
         return;
     };
-    if target.is_some() {
-        u.targeted = Some(Box::new((status.into(), context)));
-    } else {
-        u.status = status.into();
-        u.context = context;
-    }
     let due = u
         .last_presence_ms
         .map(|last| last.wrapping_add(min.as_millis() as u32));
     let coalesce = due.is_some_and(|d| (d.wrapping_sub(now_ms) as i32) > 0);
+    match target {
+        Some(_) => u.targeted = Some(Box::new((status.into(), context))),
+        // get_presence shows the announced status until the coalesced emission.
+        None if coalesce => u.unannounced = Some(Box::new((status.into(), context))),
+        None => {
+            u.status = status.into();
+            u.context = context;
+            u.unannounced = None;
+        }
+    }
     if coalesce {
         // Latest wins: the queued emission will carry whatever is current then.
         let already = u.presence_pending.is_some();
@@ -1164,6 +1174,12 @@ fn announce_presence<H: Handler>(
     if !automatic {
         u.last_presence_ms = Some(now_ms);
     }
+    if target.is_none() {
+        if let Some(next) = u.unannounced.take() {
+            (u.status, u.context) = *next;
+        }
+        u.announced_name = None;
+    }
     let mut record = local_record(u);
     if let (Some(_), Some(t)) = (target, &u.targeted) {
         (record.status, record.context) = (t.0.clone(), t.1.clone());
@@ -1184,9 +1200,10 @@ fn announce_presence<H: Handler>(
                 ));
             }
             append_frame(&mut st.presence_frames, &st.scratch);
-            st.presence_updates
-                .push((user, Some(Box::new(record.clone()))));
-            st.book.upsert(user, record);
+            st.presence_updates.push((user, Some(Box::new(record))));
+            // The registry is the record of its own users; a record another node announced
+            // for this user is superseded.
+            st.book.remove(user);
         }
         Some(t) => {
             // Only the target hears it; the public (replicated) presence is unchanged.
@@ -1196,7 +1213,7 @@ fn announce_presence<H: Handler>(
     }
 }
 
-/// A local user's public presence.
+/// A local user's presence as announced now.
 fn local_record(u: &LocalUser) -> PresenceRecord {
     PresenceRecord {
         username: u.name.clone(),
@@ -1270,7 +1287,7 @@ fn apply_remote_presence<H: Handler>(
             if entry.nodes.is_empty() {
                 st.remote.remove(&user);
                 if !local {
-                    announce_offline(core, st, user);
+                    announce_offline(core, st, user, None);
                 }
             }
         }
@@ -1302,12 +1319,53 @@ fn remember_remote<H: Handler>(
     }
 }
 
-fn announce_offline<H: Handler>(core: &mut Core<Gateway<H>>, st: &mut GatewayState<H>, user: u64) {
-    let username = st
-        .book
-        .get(user)
-        .map(|r| r.username.clone())
-        .unwrap_or_default();
+/// The public presence of `user` (`get_presence`): the replica's record for users homed on
+/// other shards (and for users homed here whose last record came from another node), else
+/// the registry's last announcement.
+fn public_presence<'a, H: Handler>(
+    st: &'a GatewayState<H>,
+    user: u64,
+) -> Option<PresenceEntry<'a>> {
+    match st.book.get(user) {
+        Some(r) => Some(replica_entry(user, r)),
+        None => st.users.get(UserId(user)).map(|u| local_entry(user, u)),
+    }
+}
+
+fn replica_entry(user: u64, r: &PresenceRecord) -> PresenceEntry<'_> {
+    PresenceEntry {
+        user_id: user,
+        username: (!r.username.is_empty()).then_some(&*r.username),
+        status: &r.status,
+        context: r.context.as_deref(),
+        since_ms: r.since_ms,
+    }
+}
+
+fn local_entry(user: u64, u: &LocalUser) -> PresenceEntry<'_> {
+    let name = u.public_name();
+    PresenceEntry {
+        user_id: user,
+        username: (!name.is_empty()).then_some(name),
+        status: &u.status,
+        context: u.context.as_deref(),
+        since_ms: u.since_ms,
+    }
+}
+
+/// Announces that `user` went offline; `gone` is its registry entry if it was local (already
+/// removed from the registry).
+fn announce_offline<H: Handler>(
+    core: &mut Core<Gateway<H>>,
+    st: &mut GatewayState<H>,
+    user: u64,
+    gone: Option<&LocalUser>,
+) {
+    let username: Box<str> = match (st.book.get(user), gone) {
+        (Some(r), _) => r.username.clone(),
+        (None, Some(u)) => u.public_name().into(),
+        (None, None) => Box::from(""),
+    };
     st.scratch.clear();
     envelope::write_presence_event(
         &mut st.scratch,
@@ -1405,31 +1463,27 @@ fn handle_builtin_request<H: Handler>(
                     return true;
                 }
             };
-            let book = &st.book;
-            fn entry(id: u64, r: &presence::PresenceRecord) -> PresenceEntry<'_> {
-                PresenceEntry {
-                    user_id: id,
-                    username: (!r.username.is_empty()).then_some(&*r.username),
-                    status: &r.status,
-                    context: r.context.as_deref(),
-                    since_ms: r.since_ms,
-                }
-            }
             let mut out = Vec::with_capacity(256);
             if filtered {
                 ids.sort_unstable();
                 ids.dedup();
-                let list = ids
-                    .iter()
-                    .filter_map(|id| book.get(*id).map(|r| entry(*id, r)));
+                let list = ids.iter().filter_map(|id| public_presence(st, *id));
                 envelope::write_get_presence_response(&mut out, pid, list);
             } else {
-                let sorted = book.sorted();
-                envelope::write_get_presence_response(
-                    &mut out,
-                    pid,
-                    sorted.into_iter().map(|(id, r)| entry(id, r)),
-                );
+                // Every online user, sorted by id (stable answers for clients and tests).
+                let book = &st.book;
+                let mut all: Vec<PresenceEntry<'_>> = book
+                    .iter()
+                    .map(|(id, r)| replica_entry(id, r))
+                    .chain(
+                        st.users
+                            .iter()
+                            .filter(|(id, _)| !book.contains(*id))
+                            .map(|(id, u)| local_entry(id, u)),
+                    )
+                    .collect();
+                all.sort_unstable_by_key(|e| e.user_id);
+                envelope::write_get_presence_response(&mut out, pid, all);
             }
             st.targets = ids;
             st.scratch = out;

@@ -58,9 +58,16 @@ pub struct LocalUser {
     pub name: Box<str>,
     pub roles: Vec<Box<str>>,
     pub bucket: TokenBucket,
-    /// Latest presence status and context (raw JSON) the user reported.
+    /// The public status and context (raw JSON) last announced: what `get_presence` shows.
+    /// This shard's presence replica holds no record for its own users; the registry is it.
     pub status: Box<str>,
     pub context: Option<Box<[u8]>>,
+    /// A public status and context reported but not announced yet (coalescing): they become
+    /// `status` and `context` when the pending emission goes out.
+    pub unannounced: Option<Box<TargetedPresence>>,
+    /// The name in the last public announcement, when a later connection's token carried
+    /// another name (`name` is the latest, for `whoami` and `data_event`).
+    pub announced_name: Option<Box<str>>,
     /// Latest status and context sent to one user only (`targetUserId`): delivered to that
     /// user, never recorded as the public presence (get_presence must not leak it).
     pub targeted: Option<Box<TargetedPresence>>,
@@ -81,6 +88,13 @@ pub struct PendingPresence {
     pub public: bool,
     /// The latest targeted update's target.
     pub target: Option<u64>,
+}
+
+impl LocalUser {
+    /// The name the user's public presence record shows.
+    pub fn public_name(&self) -> &str {
+        self.announced_name.as_deref().unwrap_or(&self.name)
+    }
 }
 
 /// Users homed on this shard.
@@ -112,6 +126,11 @@ impl Registry {
 
     pub fn is_empty(&self) -> bool {
         self.users.is_empty()
+    }
+
+    /// Every user homed here, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &LocalUser)> {
+        self.users.iter().map(|(id, u)| (*id, u))
     }
 
     /// Connections of `user` on this shard (empty if none).
