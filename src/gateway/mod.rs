@@ -12,6 +12,7 @@
 //! ```
 
 pub mod handler;
+pub mod inline_str;
 pub mod presence;
 pub mod registry;
 
@@ -357,44 +358,28 @@ impl<H: Handler> App for Gateway<H> {
         let max = core.config().max_connections_per_user.get();
         let first = match st.users.get_mut(UserId(user)) {
             Some(u) => {
-                // The public record keeps the announced name until the next announcement.
-                let previous = std::mem::replace(&mut u.name, name);
-                if u.announced_name.is_none() && previous != u.name {
-                    u.announced_name = Some(previous);
-                }
-                u.roles = roles;
+                u.set_name(name);
                 // Over the per-user limit: the oldest connection is replaced (4000).
-                while u.conns.len() >= max {
-                    let oldest = u.conns.remove(0);
+                while u.conns().len() >= max {
+                    let Some(oldest) = u.conns_mut().remove_oldest() else {
+                        break;
+                    };
                     core.metrics().inc(Metric::CloseReplaced);
                     core.close(oldest, CloseCode::REPLACED, "replaced");
                 }
-                u.conns.push(key);
+                u.conns_mut().push(key);
                 false
             }
             None => {
                 let cfg = core.config();
-                st.users.insert(
-                    UserId(user),
-                    LocalUser {
-                        conns: SmallVec::from_slice(&[key]),
-                        name,
-                        roles,
-                        bucket: TokenBucket::new(cfg.rate_limit, cfg.rate_burst, now_ms),
-                        status: "online".into(),
-                        context: None,
-                        unannounced: None,
-                        announced_name: None,
-                        targeted: None,
-                        since_ms: unix_ms(),
-                        last_presence_ms: None,
-                        presence_pending: None,
-                    },
-                );
+                let bucket = TokenBucket::new(cfg.rate_limit, cfg.rate_burst, now_ms);
+                st.users
+                    .insert(UserId(user), LocalUser::new(key, name, bucket, unix_ms()));
                 core.metrics().set(Metric::Users, st.users.len() as u64);
                 true
             }
         };
+        st.users.set_roles(UserId(user), roles);
         // Token expiry on the open connection (exp + leeway, the same tolerance as at
         // the upgrade).
         schedule_expiry(core, st, key, exp);
@@ -557,8 +542,8 @@ impl<H: Handler> App for Gateway<H> {
         let st = &mut self.state;
         let mut last = false;
         if let Some(u) = st.users.get_mut(user) {
-            u.conns.retain(|k| *k != key);
-            last = u.conns.is_empty();
+            u.conns_mut().remove(key);
+            last = u.conns().is_empty();
         }
         if last {
             // The last connection closed: the user goes offline everywhere, at once (an
@@ -979,7 +964,7 @@ fn handle_data_request<H: Handler>(
     } else {
         &cfg.broadcast_roles
     };
-    let roles = st.users.get(UserId(user)).map_or(&[][..], |u| &u.roles[..]);
+    let roles = st.users.get(UserId(user)).map_or(&[][..], |u| u.roles());
     if !roles_allow(required, roles) {
         st.targets = targets;
         send_error(
@@ -995,7 +980,7 @@ fn handle_data_request<H: Handler>(
     // Serialize the event once: {"type":"data_event","fromUserId":..,"payload":{..server fields}}
     let message_id = st.ids.next_id();
     st.scratch.clear();
-    let sender_name = st.users.get(UserId(user)).map_or("", |u| &*u.name);
+    let sender_name = st.users.get(UserId(user)).map_or("", |u| u.name());
     if envelope::write_data_event(
         &mut st.scratch,
         user,
@@ -1097,27 +1082,19 @@ fn handle_presence_update<H: Handler>(
         return;
     };
     let due = u
-        .last_presence_ms
+        .last_presence_ms()
         .map(|last| last.wrapping_add(min.as_millis() as u32));
     let coalesce = due.is_some_and(|d| (d.wrapping_sub(now_ms) as i32) > 0);
     match target {
-        Some(_) => u.targeted = Some(Box::new((status.into(), context))),
+        Some(_) => u.set_targeted(status.into(), context),
         // get_presence shows the announced status until the coalesced emission.
-        None if coalesce => u.unannounced = Some(Box::new((status.into(), context))),
-        None => {
-            u.status = status.into();
-            u.context = context;
-            u.unannounced = None;
-        }
+        None if coalesce => u.set_unannounced(status.into(), context),
+        None => u.set_status(status.into(), context),
     }
     if coalesce {
         // Latest wins: the queued emission will carry whatever is current then.
-        let already = u.presence_pending.is_some();
-        let pending = u.presence_pending.get_or_insert_with(Default::default);
-        match target {
-            None => pending.public = true,
-            Some(t) => pending.target = Some(t),
-        }
+        let already = u.has_pending();
+        u.add_pending(target);
         if !already {
             let wait = Duration::from_millis(due.unwrap_or(now_ms).wrapping_sub(now_ms) as u64);
             st.presence_due.push_back((now + wait, user));
@@ -1142,7 +1119,7 @@ fn flush_presence<H: Handler>(core: &mut Core<Gateway<H>>, st: &mut GatewayState
         let pending = st
             .users
             .get_mut(UserId(user))
-            .and_then(|u| u.presence_pending.take());
+            .and_then(|u| u.take_pending());
         if let Some(pending) = pending {
             if pending.public {
                 announce_presence(core, st, user, None, now, false);
@@ -1172,16 +1149,13 @@ fn announce_presence<H: Handler>(
     };
     // The automatic "online" does not count against the user's own update rate.
     if !automatic {
-        u.last_presence_ms = Some(now_ms);
+        u.set_last_presence_ms(now_ms);
     }
     if target.is_none() {
-        if let Some(next) = u.unannounced.take() {
-            (u.status, u.context) = *next;
-        }
-        u.announced_name = None;
+        u.publish();
     }
     let mut record = local_record(u);
-    if let (Some(_), Some(t)) = (target, &u.targeted) {
+    if let (Some(_), Some(t)) = (target, u.targeted()) {
         (record.status, record.context) = (t.0.clone(), t.1.clone());
     }
     write_record_event(&mut st.scratch, user, &record);
@@ -1216,9 +1190,9 @@ fn announce_presence<H: Handler>(
 /// A local user's presence as announced now.
 fn local_record(u: &LocalUser) -> PresenceRecord {
     PresenceRecord {
-        username: u.name.clone(),
-        status: u.status.clone(),
-        context: u.context.clone(),
+        username: u.name().into(),
+        status: u.status().into(),
+        context: u.context().map(Box::from),
         since_ms: u.since_ms,
     }
 }
@@ -1347,8 +1321,8 @@ fn local_entry(user: u64, u: &LocalUser) -> PresenceEntry<'_> {
     PresenceEntry {
         user_id: user,
         username: (!name.is_empty()).then_some(name),
-        status: &u.status,
-        context: u.context.as_deref(),
+        status: u.status(),
+        context: u.context(),
         since_ms: u.since_ms,
     }
 }
@@ -1440,16 +1414,16 @@ fn handle_builtin_request<H: Handler>(
     st.scratch.clear();
     match action {
         "whoami" => {
-            let (name, roles) = match st.users.get(UserId(user)) {
-                Some(u) => (u.name.clone(), u.roles.clone()),
-                None => (Box::from(""), Vec::new()),
-            };
+            let (name, roles) = st
+                .users
+                .get(UserId(user))
+                .map_or(("", &[][..]), |u| (u.name(), u.roles()));
             envelope::write_whoami_response(
                 &mut st.scratch,
                 pid,
                 user,
-                (!name.is_empty()).then_some(&*name),
-                &roles,
+                (!name.is_empty()).then_some(name),
+                roles,
             );
         }
         "ping" => envelope::write_ping_response(&mut st.scratch, pid, unix_ms()),
