@@ -35,7 +35,7 @@ use crate::proto::envelope::{
     PresenceEvent,
 };
 use crate::proto::handshake::UpgradeRequest;
-use crate::ratelimit::{Epoch, TokenBucket};
+use crate::ratelimit::{Epoch, RateLimit};
 use crate::shard::{encode_shared_text, Accept, App, ConnKey, Core, Reject};
 
 pub use handler::{AckOutcome, BuiltIn, ConnRef, Ctx, Flow, Handler, ResponseOutcome};
@@ -372,7 +372,7 @@ impl<H: Handler> App for Gateway<H> {
             }
             None => {
                 let cfg = core.config();
-                let bucket = TokenBucket::new(cfg.rate_limit, cfg.rate_burst, now_ms);
+                let bucket = RateLimit::new(cfg.rate_limit, cfg.rate_burst).full(now_ms);
                 st.users
                     .insert(UserId(user), LocalUser::new(key, name, bucket, unix_ms()));
                 core.metrics().set(Metric::Users, st.users.len() as u64);
@@ -434,10 +434,11 @@ impl<H: Handler> App for Gateway<H> {
         // Per-user rate limit (all of the user's connections share the bucket: they all
         // live on this shard).
         let now_ms = st.epoch.millis(core.now());
+        let limit = RateLimit::new(core.config().rate_limit, core.config().rate_burst);
         let allowed = st
             .users
             .get_mut(UserId(user))
-            .is_none_or(|u| u.bucket.try_take(now_ms));
+            .is_none_or(|u| u.bucket.try_take(&limit, now_ms));
         if !allowed {
             send_error(core, st, key, msg.pid, 429, "rate limit exceeded");
             let threshold = core.config().rate_abuse_threshold;

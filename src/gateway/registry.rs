@@ -463,9 +463,9 @@ mod tests {
 
     #[test]
     fn local_user_stays_small() {
-        // 16 (connections) + 24 (name) + 8 (roles) + 16 (bucket) + 8 (since) + 4 + 1 + 8.
+        // 16 (connections) + 24 (name) + 8 (roles) + 8 (bucket) + 8 (since) + 4 + 1 + 8.
         let size = std::mem::size_of::<LocalUser>();
-        assert!(size <= 88, "size_of::<LocalUser>() = {size}");
+        assert!(size <= 80, "size_of::<LocalUser>() = {size}");
         assert_eq!(std::mem::size_of::<ConnList>(), 16);
     }
 
@@ -500,7 +500,7 @@ mod tests {
         LocalUser::new(
             key(0),
             name.into(),
-            TokenBucket::new(1, 1, crate::ratelimit::Millis(0)),
+            crate::ratelimit::RateLimit::new(1, 1).full(crate::ratelimit::Millis(0)),
             7,
         )
     }
