@@ -39,7 +39,7 @@ use crate::ratelimit::{Epoch, RateLimit};
 use crate::shard::{encode_shared_text, Accept, App, ConnKey, Core, Reject};
 
 pub use handler::{AckOutcome, BuiltIn, ConnRef, Ctx, Flow, Handler, ResponseOutcome};
-use presence::{PresenceBook, PresenceRecord};
+use presence::{PresenceBook, PresenceRecord, ReplicaRecord};
 use registry::{home_shard, LocalUser, Registry};
 
 /// App timer kinds (`Core::schedule` data).
@@ -1307,13 +1307,14 @@ fn public_presence<'a, H: Handler>(
     }
 }
 
-fn replica_entry(user: u64, r: &PresenceRecord) -> PresenceEntry<'_> {
+fn replica_entry(user: u64, r: &ReplicaRecord) -> PresenceEntry<'_> {
+    let name = r.username();
     PresenceEntry {
         user_id: user,
-        username: (!r.username.is_empty()).then_some(&*r.username),
-        status: &r.status,
-        context: r.context.as_deref(),
-        since_ms: r.since_ms,
+        username: (!name.is_empty()).then_some(name),
+        status: r.status(),
+        context: r.context(),
+        since_ms: r.since_ms(),
     }
 }
 
@@ -1337,7 +1338,7 @@ fn announce_offline<H: Handler>(
     gone: Option<&LocalUser>,
 ) {
     let username: Box<str> = match (st.book.get(user), gone) {
-        (Some(r), _) => r.username.clone(),
+        (Some(r), _) => r.username().into(),
         (None, Some(u)) => u.public_name().into(),
         (None, None) => Box::from(""),
     };
