@@ -305,3 +305,34 @@ fn refresh_token_moves_the_expiry() {
     let r = alice.recv();
     assert_eq!(r["type"], "generic_response", "{r}");
 }
+
+/// Tokens expiring in the same second share one timer on their shard: each connection is
+/// checked on its own (users 1, 3, 5 and 7 all live on shard 1 of 2).
+#[test]
+fn tokens_expiring_in_the_same_second_close_each_connection_once() {
+    let server = gateway(gateway_config(2));
+    let n = now();
+    let open = |id: u64| {
+        let t = hs(json!({"sub": id, "exp": n + 2}));
+        let ws = connect(
+            server.local_addr(),
+            &[("Authorization", &format!("Bearer {t}"))],
+        )
+        .unwrap();
+        User { ws, id }
+    };
+    let mut a = open(1);
+    let mut b = open(3);
+    let mut refreshed = open(5);
+    let gone = open(7);
+    drop(gone);
+    let fresh = hs(json!({"sub": 5, "exp": n + 600}));
+    refreshed.send(json!({"pid": "r", "type": "generic_request", "payload": {"action": "refresh_token", "data": {"token": fresh}}}));
+    assert_eq!(refreshed.recv_type("generic_response")["pid"], "r");
+    for u in [&mut a, &mut b] {
+        assert_eq!(u.recv_type("error_notification")["error"]["code"], 401);
+        assert_eq!(u.expect_close(), Some(4001));
+    }
+    refreshed.send(json!({"pid": "p", "type": "generic_request", "payload": {"action": "ping"}}));
+    assert_eq!(refreshed.recv_type("generic_response")["pid"], "p");
+}

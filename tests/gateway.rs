@@ -241,6 +241,54 @@ fn presence_online_offline_updates_and_get_presence() {
     assert_eq!(users[0]["userId"], 1);
 }
 
+/// `get_presence` shows the last *announced* record, asked on the user's home shard (answered
+/// from the registry) or on another shard (answered from the replica): a coalesced status
+/// and a second connection's new `name` claim appear only with the next announcement.
+#[test]
+fn get_presence_shows_the_announced_record_on_every_shard() {
+    let mut cfg = gateway_config(2);
+    cfg.presence_min_interval = Duration::from_millis(600);
+    let server = gateway(cfg);
+    let addr = server.local_addr();
+    let mut alice = User::connect(addr, 1, "alice");
+    let mut bob = User::connect(addr, 2, "bob");
+    alice.recv_presence_of(2);
+    fn presence_of_bob(u: &mut User, pid: &str) -> serde_json::Value {
+        u.send(json!({"pid": pid, "type": "generic_request",
+                      "payload": {"action": "get_presence", "data": {"userIds": [2]}}}));
+        let resp = u.recv_type("generic_response");
+        resp["payload"]["users"][0].clone()
+    }
+    bob.send(json!({"type": "presence_update", "payload": {"status": "away"}}));
+    assert_eq!(alice.recv_presence_of(2)["payload"]["status"], "away");
+    // Within the interval: coalesced, not announced yet.
+    bob.send(
+        json!({"type": "presence_update", "payload": {"status": "busy", "context": {"n": 1}}}),
+    );
+    // Bob's second connection, with another name in its token.
+    let mut robert = User::connect(addr, 2, "robert");
+    for (who, pid) in [(&mut alice, "a1"), (&mut bob, "b1"), (&mut robert, "r1")] {
+        let b = presence_of_bob(who, pid);
+        assert_eq!(b["status"], "away", "{pid}: {b}");
+        assert_eq!(b["username"], "bob", "{pid}: {b}");
+        assert!(b["context"].is_null(), "{pid}: {b}");
+    }
+    robert.send(json!({"pid": "w", "type": "generic_request", "payload": {"action": "whoami"}}));
+    assert_eq!(
+        robert.recv_type("generic_response")["payload"]["username"],
+        "robert"
+    );
+    let ev = alice.recv_presence_of(2);
+    assert_eq!(ev["payload"]["status"], "busy");
+    assert_eq!(ev["payload"]["username"], "robert");
+    for (who, pid) in [(&mut alice, "a2"), (&mut bob, "b2")] {
+        let b = presence_of_bob(who, pid);
+        assert_eq!(b["status"], "busy", "{pid}: {b}");
+        assert_eq!(b["username"], "robert", "{pid}: {b}");
+        assert_eq!(b["context"]["n"], 1, "{pid}: {b}");
+    }
+}
+
 #[test]
 fn a_user_stays_online_until_the_last_connection_closes() {
     let server = gateway(gateway_config(2));

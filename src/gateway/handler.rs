@@ -117,12 +117,12 @@ impl<H: Handler> Ctx<'_, H> {
 
     /// The user's display name (`name` claim), if the user is connected on this shard.
     pub fn username(&self, user: UserId) -> Option<&str> {
-        self.state.users.get(user).map(|u| &*u.name)
+        self.state.users.get(user).map(|u| u.name())
     }
 
     /// The user's roles, if the user is connected on this shard.
     pub fn roles(&self, user: UserId) -> Option<&[Box<str>]> {
-        self.state.users.get(user).map(|u| &u.roles[..])
+        self.state.users.get(user).map(|u| u.roles())
     }
 
     /// Sends a complete JSON envelope to one connection.

@@ -6,16 +6,17 @@
 //! text frame (in place) → EnvelopeParser (simd-json tape) → rate limit → Handler::on_message
 //!   → data_request      → P2P: local delivery, or one hop to the target's home shard
 //!                          broadcast / notification multicast: frame encoded once, shared
-//!   → presence_update   → record, coalesce, announce (all shards keep a replica)
+//!   → presence_update   → record, coalesce, announce (other shards keep a replica)
 //!   → generic_request   → whoami / ping / get_presence / refresh_token, else Handler::on_request (501)
 //!   → client_ack / generic_response → complete a pending server request
 //! ```
 
 pub mod handler;
+pub mod inline_str;
 pub mod presence;
 pub mod registry;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -34,11 +35,11 @@ use crate::proto::envelope::{
     PresenceEvent,
 };
 use crate::proto::handshake::UpgradeRequest;
-use crate::ratelimit::{Epoch, TokenBucket};
+use crate::ratelimit::{Epoch, RateLimit};
 use crate::shard::{encode_shared_text, Accept, App, ConnKey, Core, Reject};
 
 pub use handler::{AckOutcome, BuiltIn, ConnRef, Ctx, Flow, Handler, ResponseOutcome};
-use presence::{PresenceBook, PresenceRecord};
+use presence::{PresenceBook, PresenceRecord, ReplicaRecord};
 use registry::{home_shard, LocalUser, Registry};
 
 /// App timer kinds (`Core::schedule` data).
@@ -167,6 +168,11 @@ pub struct GatewayState<H: Handler> {
     /// Serialization buffer reused for every outgoing envelope.
     scratch: Vec<u8>,
     targets: Vec<u64>,
+    /// Connections whose token expires at each Unix second (exp + leeway), checked by one
+    /// timer per second rather than one wheel entry per connection (8 bytes per connection
+    /// here instead of 24 there). Entries of closed connections or refreshed tokens stay
+    /// until their second; the check skips them.
+    expiries: BTreeMap<u64, Vec<ConnKey>>,
     /// Coalesced presence updates, due in insertion order (the interval is constant).
     presence_due: VecDeque<(Instant, u64)>,
     /// This turn's announcements to everyone (concatenated frames) and replica updates.
@@ -262,6 +268,7 @@ impl<F> GatewayFactory<F> {
                 epoch: Epoch::new(Instant::now()),
                 scratch: Vec::with_capacity(4096),
                 targets: Vec::new(),
+                expiries: BTreeMap::new(),
                 presence_due: VecDeque::new(),
                 presence_frames: Vec::new(),
                 presence_updates: Vec::new(),
@@ -357,38 +364,28 @@ impl<H: Handler> App for Gateway<H> {
         let max = core.config().max_connections_per_user.get();
         let first = match st.users.get_mut(UserId(user)) {
             Some(u) => {
-                u.name = name;
-                u.roles = roles;
+                u.set_name(name);
                 // Over the per-user limit: the oldest connection is replaced (4000).
-                while u.conns.len() >= max {
-                    let oldest = u.conns.remove(0);
+                while u.conns().len() >= max {
+                    let Some(oldest) = u.conns_mut().remove_oldest() else {
+                        break;
+                    };
                     core.metrics().inc(Metric::CloseReplaced);
                     core.close(oldest, CloseCode::REPLACED, "replaced");
                 }
-                u.conns.push(key);
+                u.conns_mut().push(key);
                 false
             }
             None => {
                 let cfg = core.config();
-                st.users.insert(
-                    UserId(user),
-                    LocalUser {
-                        conns: SmallVec::from_slice(&[key]),
-                        name,
-                        roles,
-                        bucket: TokenBucket::new(cfg.rate_limit, cfg.rate_burst, now_ms),
-                        status: "online".into(),
-                        context: None,
-                        targeted: None,
-                        since_ms: unix_ms(),
-                        last_presence_ms: None,
-                        presence_pending: None,
-                    },
-                );
+                let bucket = RateLimit::new(cfg.rate_limit, cfg.rate_burst).full(now_ms);
+                st.users
+                    .insert(UserId(user), LocalUser::new(key, name, bucket, unix_ms()));
                 core.metrics().set(Metric::Users, st.users.len() as u64);
                 true
             }
         };
+        st.users.set_roles(UserId(user), roles);
         // Token expiry on the open connection (exp + leeway, the same tolerance as at
         // the upgrade).
         schedule_expiry(core, st, key, exp);
@@ -443,10 +440,11 @@ impl<H: Handler> App for Gateway<H> {
         // Per-user rate limit (all of the user's connections share the bucket: they all
         // live on this shard).
         let now_ms = st.epoch.millis(core.now());
+        let limit = RateLimit::new(core.config().rate_limit, core.config().rate_burst);
         let allowed = st
             .users
             .get_mut(UserId(user))
-            .is_none_or(|u| u.bucket.try_take(now_ms));
+            .is_none_or(|u| u.bucket.try_take(&limit, now_ms));
         if !allowed {
             send_error(core, st, key, msg.pid, 429, "rate limit exceeded");
             let threshold = core.config().rate_abuse_threshold;
@@ -551,20 +549,20 @@ impl<H: Handler> App for Gateway<H> {
         let st = &mut self.state;
         let mut last = false;
         if let Some(u) = st.users.get_mut(user) {
-            u.conns.retain(|k| *k != key);
-            last = u.conns.is_empty();
+            u.conns_mut().remove(key);
+            last = u.conns().is_empty();
         }
         if last {
             // The last connection closed: the user goes offline everywhere, at once (an
             // offline event is never coalesced away), unless another node still holds it.
-            st.users.remove(user);
+            let gone = st.users.remove(user);
             core.metrics().set(Metric::Users, st.users.len() as u64);
             if st.cluster.is_some() {
                 st.cluster_changes.push((user.0, Change::Offline));
             }
             match st.remote.get(&user.0).map(|r| r.record.clone()) {
                 Some(record) => announce_record(core, st, user.0, record, false),
-                None => announce_offline(core, st, user.0),
+                None => announce_offline(core, st, user.0, gone.as_ref()),
             }
         }
         let mut ctx = Ctx {
@@ -621,19 +619,7 @@ impl<H: Handler> App for Gateway<H> {
 
     fn on_timer(&mut self, core: &mut Core<Self>, key: ConnKey, data: u32) {
         match data {
-            TIMER_EXPIRY => {
-                let Some(s) = core.session(key) else { return };
-                let exp = s.exp;
-                let st = &mut self.state;
-                if unix_s() >= exp.saturating_add(st.leeway_s) {
-                    send_error(core, st, key, None, 401, "token expired");
-                    core.metrics().inc(Metric::CloseExpired);
-                    core.close(key, CloseCode::TOKEN_EXPIRED, "token expired");
-                } else {
-                    // Refreshed since this timer was set: check again at the new expiry.
-                    schedule_expiry(core, st, key, exp);
-                }
-            }
+            TIMER_EXPIRY => expire_tokens(core, &mut self.state, key),
             TIMER_PRESENCE => flush_presence(core, &mut self.state),
             TIMER_PENDING => {
                 let slot = key.index();
@@ -690,18 +676,58 @@ impl<H: Handler> App for Gateway<H> {
     }
 }
 
-/// The token's expiry check, at exp + leeway (capped at a year so huge `exp` values do not
-/// overflow `Instant`).
+/// The token's expiry check, at exp + leeway: `key` joins the connections due that second,
+/// and the first one arms the second's timer.
 fn schedule_expiry<H: Handler>(
     core: &mut Core<Gateway<H>>,
-    st: &GatewayState<H>,
+    st: &mut GatewayState<H>,
     key: ConnKey,
     exp: u64,
 ) {
-    let left = exp.saturating_add(st.leeway_s).saturating_sub(unix_s());
+    let due_s = exp.saturating_add(st.leeway_s);
+    let due = st.expiries.entry(due_s).or_default();
+    due.push(key);
+    if due.len() == 1 {
+        arm_expiry_timer(core, due_s);
+    }
+}
+
+/// A timer for the expiries due at `due_s` (capped at a year so huge `exp` values do not
+/// overflow `Instant`; it re-arms then). The timer key carries the second.
+fn arm_expiry_timer<H: Handler>(core: &mut Core<Gateway<H>>, due_s: u64) {
+    let left = due_s.saturating_sub(unix_s());
     let left = Duration::from_secs(left.min(365 * 24 * 3600)) + Duration::from_millis(5);
     let deadline = core.now() + left;
+    let key = ConnKey::new((due_s & 0xFFFF_FFFF) as usize, (due_s >> 32) as u32);
     core.schedule(deadline, key, TIMER_EXPIRY);
+}
+
+/// Closes (4001) the connections whose token expired, from every second due by now.
+fn expire_tokens<H: Handler>(
+    core: &mut Core<Gateway<H>>,
+    st: &mut GatewayState<H>,
+    timer: ConnKey,
+) {
+    let now_s = unix_s();
+    let armed_for = (u64::from(timer.generation()) << 32) | timer.index() as u64;
+    if armed_for > now_s && st.expiries.contains_key(&armed_for) {
+        // Early (the wall clock lags the monotonic one, or the year cap): check again then.
+        arm_expiry_timer(core, armed_for);
+    }
+    while let Some(entry) = st.expiries.first_entry() {
+        if *entry.key() > now_s {
+            break;
+        }
+        for key in entry.remove() {
+            let Some(s) = core.session(key) else { continue };
+            // A refreshed token is in a later second's list as well.
+            if now_s >= s.exp.saturating_add(st.leeway_s) {
+                send_error(core, st, key, None, 401, "token expired");
+                core.metrics().inc(Metric::CloseExpired);
+                core.close(key, CloseCode::TOKEN_EXPIRED, "token expired");
+            }
+        }
+    }
 }
 
 fn count_garbage<H: Handler>(core: &mut Core<Gateway<H>>, key: ConnKey) {
@@ -978,7 +1004,7 @@ fn handle_data_request<H: Handler>(
     } else {
         &cfg.broadcast_roles
     };
-    let roles = st.users.get(UserId(user)).map_or(&[][..], |u| &u.roles[..]);
+    let roles = st.users.get(UserId(user)).map_or(&[][..], |u| u.roles());
     if !roles_allow(required, roles) {
         st.targets = targets;
         send_error(
@@ -994,7 +1020,7 @@ fn handle_data_request<H: Handler>(
     // Serialize the event once: {"type":"data_event","fromUserId":..,"payload":{..server fields}}
     let message_id = st.ids.next_id();
     st.scratch.clear();
-    let sender_name = st.users.get(UserId(user)).map_or("", |u| &*u.name);
+    let sender_name = st.users.get(UserId(user)).map_or("", |u| u.name());
     if envelope::write_data_event(
         &mut st.scratch,
         user,
@@ -1111,24 +1137,20 @@ fn handle_presence_update<H: Handler>(
     let Some(u) = st.users.get_mut(UserId(user)) else {
         return;
     };
-    if target.is_some() {
-        u.targeted = Some(Box::new((status.into(), context)));
-    } else {
-        u.status = status.into();
-        u.context = context;
-    }
     let due = u
-        .last_presence_ms
+        .last_presence_ms()
         .map(|last| last.wrapping_add(min.as_millis() as u32));
     let coalesce = due.is_some_and(|d| (d.wrapping_sub(now_ms) as i32) > 0);
+    match target {
+        Some(_) => u.set_targeted(status.into(), context),
+        // get_presence shows the announced status until the coalesced emission.
+        None if coalesce => u.set_unannounced(status.into(), context),
+        None => u.set_status(status.into(), context),
+    }
     if coalesce {
         // Latest wins: the queued emission will carry whatever is current then.
-        let already = u.presence_pending.is_some();
-        let pending = u.presence_pending.get_or_insert_with(Default::default);
-        match target {
-            None => pending.public = true,
-            Some(t) => pending.target = Some(t),
-        }
+        let already = u.has_pending();
+        u.add_pending(target);
         if !already {
             let wait = Duration::from_millis(due.unwrap_or(now_ms).wrapping_sub(now_ms) as u64);
             st.presence_due.push_back((now + wait, user));
@@ -1153,7 +1175,7 @@ fn flush_presence<H: Handler>(core: &mut Core<Gateway<H>>, st: &mut GatewayState
         let pending = st
             .users
             .get_mut(UserId(user))
-            .and_then(|u| u.presence_pending.take());
+            .and_then(|u| u.take_pending());
         if let Some(pending) = pending {
             if pending.public {
                 announce_presence(core, st, user, None, now, false);
@@ -1183,10 +1205,13 @@ fn announce_presence<H: Handler>(
     };
     // The automatic "online" does not count against the user's own update rate.
     if !automatic {
-        u.last_presence_ms = Some(now_ms);
+        u.set_last_presence_ms(now_ms);
+    }
+    if target.is_none() {
+        u.publish();
     }
     let mut record = local_record(u);
-    if let (Some(_), Some(t)) = (target, &u.targeted) {
+    if let (Some(_), Some(t)) = (target, u.targeted()) {
         (record.status, record.context) = (t.0.clone(), t.1.clone());
     }
     write_record_event(&mut st.scratch, user, &record);
@@ -1205,9 +1230,10 @@ fn announce_presence<H: Handler>(
                 ));
             }
             append_frame(&mut st.presence_frames, &st.scratch);
-            st.presence_updates
-                .push((user, Some(Box::new(record.clone()))));
-            st.book.upsert(user, record);
+            st.presence_updates.push((user, Some(Box::new(record))));
+            // The registry is the record of its own users; a record another node announced
+            // for this user is superseded.
+            st.book.remove(user);
         }
         Some(t) => {
             // Only the target hears it; the public (replicated) presence is unchanged.
@@ -1217,12 +1243,12 @@ fn announce_presence<H: Handler>(
     }
 }
 
-/// A local user's public presence.
+/// A local user's presence as announced now.
 fn local_record(u: &LocalUser) -> PresenceRecord {
     PresenceRecord {
-        username: u.name.clone(),
-        status: u.status.clone(),
-        context: u.context.clone(),
+        username: u.name().into(),
+        status: u.status().into(),
+        context: u.context().map(Box::from),
         since_ms: u.since_ms,
     }
 }
@@ -1291,7 +1317,7 @@ fn apply_remote_presence<H: Handler>(
             if entry.nodes.is_empty() {
                 st.remote.remove(&user);
                 if !local {
-                    announce_offline(core, st, user);
+                    announce_offline(core, st, user, None);
                 }
             }
         }
@@ -1323,12 +1349,54 @@ fn remember_remote<H: Handler>(
     }
 }
 
-fn announce_offline<H: Handler>(core: &mut Core<Gateway<H>>, st: &mut GatewayState<H>, user: u64) {
-    let username = st
-        .book
-        .get(user)
-        .map(|r| r.username.clone())
-        .unwrap_or_default();
+/// The public presence of `user` (`get_presence`): the replica's record for users homed on
+/// other shards (and for users homed here whose last record came from another node), else
+/// the registry's last announcement.
+fn public_presence<'a, H: Handler>(
+    st: &'a GatewayState<H>,
+    user: u64,
+) -> Option<PresenceEntry<'a>> {
+    match st.book.get(user) {
+        Some(r) => Some(replica_entry(user, r)),
+        None => st.users.get(UserId(user)).map(|u| local_entry(user, u)),
+    }
+}
+
+fn replica_entry(user: u64, r: &ReplicaRecord) -> PresenceEntry<'_> {
+    let name = r.username();
+    PresenceEntry {
+        user_id: user,
+        username: (!name.is_empty()).then_some(name),
+        status: r.status(),
+        context: r.context(),
+        since_ms: r.since_ms(),
+    }
+}
+
+fn local_entry(user: u64, u: &LocalUser) -> PresenceEntry<'_> {
+    let name = u.public_name();
+    PresenceEntry {
+        user_id: user,
+        username: (!name.is_empty()).then_some(name),
+        status: u.status(),
+        context: u.context(),
+        since_ms: u.since_ms,
+    }
+}
+
+/// Announces that `user` went offline; `gone` is its registry entry if it was local (already
+/// removed from the registry).
+fn announce_offline<H: Handler>(
+    core: &mut Core<Gateway<H>>,
+    st: &mut GatewayState<H>,
+    user: u64,
+    gone: Option<&LocalUser>,
+) {
+    let username: Box<str> = match (st.book.get(user), gone) {
+        (Some(r), _) => r.username().into(),
+        (None, Some(u)) => u.public_name().into(),
+        (None, None) => Box::from(""),
+    };
     st.scratch.clear();
     envelope::write_presence_event(
         &mut st.scratch,
@@ -1403,16 +1471,16 @@ fn handle_builtin_request<H: Handler>(
     st.scratch.clear();
     match action {
         "whoami" => {
-            let (name, roles) = match st.users.get(UserId(user)) {
-                Some(u) => (u.name.clone(), u.roles.clone()),
-                None => (Box::from(""), Vec::new()),
-            };
+            let (name, roles) = st
+                .users
+                .get(UserId(user))
+                .map_or(("", &[][..]), |u| (u.name(), u.roles()));
             envelope::write_whoami_response(
                 &mut st.scratch,
                 pid,
                 user,
-                (!name.is_empty()).then_some(&*name),
-                &roles,
+                (!name.is_empty()).then_some(name),
+                roles,
             );
         }
         "ping" => envelope::write_ping_response(&mut st.scratch, pid, unix_ms()),
@@ -1426,31 +1494,27 @@ fn handle_builtin_request<H: Handler>(
                     return true;
                 }
             };
-            let book = &st.book;
-            fn entry(id: u64, r: &presence::PresenceRecord) -> PresenceEntry<'_> {
-                PresenceEntry {
-                    user_id: id,
-                    username: (!r.username.is_empty()).then_some(&*r.username),
-                    status: &r.status,
-                    context: r.context.as_deref(),
-                    since_ms: r.since_ms,
-                }
-            }
             let mut out = Vec::with_capacity(256);
             if filtered {
                 ids.sort_unstable();
                 ids.dedup();
-                let list = ids
-                    .iter()
-                    .filter_map(|id| book.get(*id).map(|r| entry(*id, r)));
+                let list = ids.iter().filter_map(|id| public_presence(st, *id));
                 envelope::write_get_presence_response(&mut out, pid, list);
             } else {
-                let sorted = book.sorted();
-                envelope::write_get_presence_response(
-                    &mut out,
-                    pid,
-                    sorted.into_iter().map(|(id, r)| entry(id, r)),
-                );
+                // Every online user, sorted by id (stable answers for clients and tests).
+                let book = &st.book;
+                let mut all: Vec<PresenceEntry<'_>> = book
+                    .iter()
+                    .map(|(id, r)| replica_entry(id, r))
+                    .chain(
+                        st.users
+                            .iter()
+                            .filter(|(id, _)| !book.contains(*id))
+                            .map(|(id, u)| local_entry(id, u)),
+                    )
+                    .collect();
+                all.sort_unstable_by_key(|e| e.user_id);
+                envelope::write_get_presence_response(&mut out, pid, all);
             }
             st.targets = ids;
             st.scratch = out;
