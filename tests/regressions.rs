@@ -449,3 +449,53 @@ fn targeted_presence_update_does_not_cancel_a_coalesced_public_one() {
         .expect("alice listed");
     assert_eq!(alice_entry["status"], "two", "{answer}");
 }
+
+/// Two targeted updates to different users inside one coalescing interval: the user has one
+/// targeted slot, and the second update used to overwrite the first before it went out, so
+/// the first target never saw it (a typing indicator to Bob lost because one to Carol
+/// followed within 100 ms). Each target must get its own update.
+#[test]
+fn targeted_presence_updates_to_two_users_in_one_interval_both_arrive() {
+    use customws::sim::model::Setup;
+    use customws::sim::Sim;
+
+    let setup = Setup::from_byte(0x10);
+    assert_eq!(setup.presence_interval, Duration::from_millis(100));
+    let mut sim = Sim::gateway(setup.config(), 2).expect("sim");
+    let alice = sim.connect_on(0, 2);
+    let bob = sim.connect_on(1, 3);
+    let carol = sim.connect_on(0, 4);
+    let dave = sim.connect_on(1, 5);
+    sim.run_until_idle();
+    // The first update goes out at once and starts the interval...
+    sim.send_text(
+        alice,
+        r#"{"type":"presence_update","targetUserId":3,"payload":{"status":"typing-bob"}}"#,
+    );
+    sim.run_until_idle();
+    sim.advance(Duration::from_millis(10));
+    // ... these two are inside it, for two different users.
+    sim.send_text(
+        alice,
+        r#"{"type":"presence_update","targetUserId":4,"payload":{"status":"typing-carol"}}"#,
+    );
+    sim.send_text(
+        alice,
+        r#"{"type":"presence_update","targetUserId":5,"payload":{"status":"typing-dave"}}"#,
+    );
+    sim.run_until_idle();
+    sim.advance(Duration::from_millis(200));
+    sim.run_until_idle();
+    let mut statuses = |conn| -> Vec<String> {
+        sim.take_received(conn)
+            .iter()
+            .map(|t| serde_json::from_str::<serde_json::Value>(t).expect("json"))
+            .filter(|v| v["type"] == "presence_event" && v["fromUserId"] == 2)
+            .filter_map(|v| v["payload"]["status"].as_str().map(String::from))
+            .filter(|s| s.starts_with("typing")) // not the automatic "online"
+            .collect()
+    };
+    assert_eq!(statuses(bob), ["typing-bob"]);
+    assert_eq!(statuses(carol), ["typing-carol"]);
+    assert_eq!(statuses(dave), ["typing-dave"]);
+}

@@ -1141,6 +1141,19 @@ fn handle_presence_update<H: Handler>(
         .last_presence_ms()
         .map(|last| last.wrapping_add(min.as_millis() as u32));
     let coalesce = due.is_some_and(|d| (d.wrapping_sub(now_ms) as i32) > 0);
+    if let (true, Some(new), Some(queued)) = (coalesce, target, u.pending_target()) {
+        if new != queued {
+            // A user has one targeted slot, and coalescing means "latest wins" for one
+            // recipient, not across recipients: the update still queued for another user
+            // goes out now instead of being overwritten (typing to Bob, then to Carol
+            // within the interval, must reach both).
+            u.clear_pending_target();
+            announce_presence(core, st, user, Some(queued), now, false);
+        }
+    }
+    let Some(u) = st.users.get_mut(UserId(user)) else {
+        return;
+    };
     match target {
         Some(_) => u.set_targeted(status.into(), context),
         // get_presence shows the announced status until the coalesced emission.

@@ -245,6 +245,18 @@ impl LocalUser {
         self.flags & user_flag::PENDING != 0
     }
 
+    /// The user a queued targeted update is for, if one is queued.
+    pub fn pending_target(&self) -> Option<u64> {
+        self.extras.as_ref().and_then(|e| e.pending_target)
+    }
+
+    /// Drops the queued targeted update (it is being emitted now instead).
+    pub fn clear_pending_target(&mut self) {
+        if let Some(e) = self.extras.as_mut() {
+            e.pending_target = None;
+        }
+    }
+
     /// Adds an update to the queued emission: public (`None`) or for `target`.
     pub fn add_pending(&mut self, target: Option<u64>) {
         self.flags |= user_flag::PENDING;
