@@ -1,6 +1,6 @@
 //! A hierarchical timer wheel: O(1) insert, O(expired) advance, a pure function of `now`.
 //!
-//! Each shard keeps one wheel for every deadline it owns (handshake timeouts, ping/pong,
+//! Each shard keeps one wheel for every deadline it owns (handshake timeouts, keepalive sweep,
 //! token expiry, presence coalescing, ack timeouts). At a million connections a scan per tick
 //! is out of the question, so time is cut into ticks (e.g. 10 ms) and entries are hashed into
 //! slots by their deadline tick:
@@ -33,7 +33,7 @@
 //! moving handles when entries cascade). Callers cancel lazily instead: the value carries a
 //! generation-tagged key (a `ConnKey` plus, where needed, a per-purpose sequence number), and
 //! when it expires the shard compares it with the connection's current state and ignores it
-//! if stale. A connection that re-arms its ping deadline every 25 s therefore leaves at most
+//! if stale. An owner that re-arms a deadline every 25 s therefore leaves at most
 //! one stale entry behind per re-arm; they cost 24 bytes each until their old deadline.
 //!
 //! # Precision

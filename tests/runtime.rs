@@ -287,3 +287,52 @@ fn socket_syscalls_are_counted_and_batched() {
     // The 101, then the echoes of one read in one write.
     assert!((2..=4).contains(&writes), "writes {writes}");
 }
+
+/// Keepalive is a sweep over the slab in slices: with hundreds of silent peers spread over
+/// every slice, each is pinged and then dropped (not one left behind, none early), and the
+/// metric counts each once.
+#[test]
+fn keepalive_sweep_pings_and_drops_every_silent_peer() {
+    let mut cfg = echo_config(1);
+    cfg.ping_interval = Duration::from_millis(100);
+    cfg.pong_wait = Duration::from_millis(400);
+    let server = Server::start(cfg, |_| Echo).unwrap();
+    let addr = server.local_addr();
+    let start = Instant::now();
+    let mut silent: Vec<TcpStream> = (0..300)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(upgrade_request("/ws", "").as_bytes()).unwrap();
+            s
+        })
+        .collect();
+    for s in &mut silent {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert!(
+            got[head_end..].windows(2).any(|w| w == [0x89, 0x00]),
+            "pinged before the drop"
+        );
+    }
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(400),
+        "too early: {elapsed:?}"
+    );
+    assert!(wait_until(Duration::from_secs(2), || server
+        .open_connections()
+        == 0));
+    let text = server.metrics_text();
+    assert!(
+        text.contains("customws_closes_total{reason=\"keepalive_timeout\"} 300"),
+        "{text}"
+    );
+}

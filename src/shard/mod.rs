@@ -68,6 +68,18 @@ const READ_BUDGET_PER_TURN: usize = 256 * 1024;
 const ACCEPT_BUDGET_PER_TURN: usize = 256;
 /// Timer wheel resolution.
 const TIMER_TICK: Duration = Duration::from_millis(10);
+/// The keepalive sweep visits the slab in this many slices per period.
+const SWEEP_SLICES: usize = 16;
+
+/// How often the keepalive sweep visits every connection: a quarter of the slack it must
+/// respect (the ping interval, and the time between a ping and the pong deadline), at most
+/// a second. Slices shorter than the wheel's tick are rounded up to it.
+fn keepalive_period(config: &Config) -> Duration {
+    let slack = config
+        .ping_interval
+        .min(config.pong_wait.saturating_sub(config.ping_interval));
+    (slack / 4).clamp(TIMER_TICK, Duration::from_secs(1))
+}
 /// After our Close frame, how long we wait for the peer's Close before dropping.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// Cross-shard messages handled per source queue per turn.
@@ -96,7 +108,8 @@ pub(crate) struct TimerEntry {
 #[derive(Copy, Clone, Debug)]
 enum TimerKind {
     Handshake,
-    Keepalive,
+    /// The next slice of the keepalive sweep (the entry's key is unused).
+    KeepaliveSweep,
     Linger,
     App(u32),
 }
@@ -465,6 +478,9 @@ pub struct Shard<A: App> {
     listener: Option<TcpListener>,
     read_buf: Box<[u8]>,
     accept_pending: bool,
+    /// Keepalive sweep: whether its timer is armed, and the next slab index to visit.
+    sweep_armed: bool,
+    sweep_cursor: usize,
     /// Timer entries expired this turn (kept to reuse the allocation).
     expired: Vec<TimerEntry>,
     drain_started: Option<Instant>,
@@ -515,6 +531,8 @@ impl<A: App> Shard<A> {
             listener,
             read_buf: vec![0u8; READ_BUF_SIZE].into_boxed_slice(),
             accept_pending: false,
+            sweep_armed: false,
+            sweep_cursor: 0,
             expired: Vec::new(),
             drain_started: None,
             app,
@@ -1129,7 +1147,7 @@ impl<A: App> Shard<A> {
             _ => {
                 c.phase = Phase::Open;
                 self.core.open += 1;
-                self.arm_keepalive(key);
+                self.arm_keepalive();
                 self.app.on_open(&mut self.core, key);
                 self.core.mark_dirty(key);
                 if rest.is_empty() {
@@ -1173,27 +1191,79 @@ impl<A: App> Shard<A> {
             session,
         });
         core.open += 1;
-        self.arm_keepalive(key);
+        self.arm_keepalive();
         self.app.on_open(&mut self.core, key);
         self.core.mark_dirty(key);
         // Data may have arrived between deregistration and registration; read now.
         self.handle_readable(key, ReadUntil::ShortRead);
     }
 
-    fn arm_keepalive(&mut self, key: ConnKey) {
-        let deadline = self.core.now
-            + self
-                .core
-                .config
-                .ping_interval
-                .min(self.core.config.pong_wait);
+    /// Keeps the keepalive sweep running while the shard has connections.
+    ///
+    /// Keepalive is a sweep over the slab, not a timer per connection (uWebSockets does the
+    /// same): every connection already carries `last_seen_ms` and `last_ping_ms`, so a
+    /// per-connection wheel entry (24 bytes plus slot slack, re-inserted every ping
+    /// interval) bought nothing but memory. The sweep visits every slot once per
+    /// [`keepalive_period`] in [`SWEEP_SLICES`] slices, so no single turn stalls on a
+    /// large shard; a ping or a drop is therefore late by at most one period.
+    fn arm_keepalive(&mut self) {
+        if self.sweep_armed {
+            return;
+        }
+        self.sweep_armed = true;
+        let slice = keepalive_period(&self.core.config) / SWEEP_SLICES as u32;
         self.core.timers.insert(
-            deadline,
+            self.core.now + slice,
             TimerEntry {
-                key,
-                kind: TimerKind::Keepalive,
+                key: ConnKey::new(0, 0),
+                kind: TimerKind::KeepaliveSweep,
             },
         );
+    }
+
+    /// One slice of the keepalive sweep: pings connections quiet for `ping_interval`,
+    /// drops those silent for `pong_wait`.
+    fn sweep_keepalive(&mut self) {
+        self.sweep_armed = false;
+        let now_ms = self.core.now_ms();
+        let ping_ms = self.core.config.ping_interval.as_millis() as u32;
+        let wait_ms = self.core.config.pong_wait.as_millis() as u32;
+        // Slab indices never reach its capacity; vacant and unused slots are skipped.
+        let bound = self.core.conns.capacity();
+        let chunk = bound.div_ceil(SWEEP_SLICES).max(1);
+        let start = if self.sweep_cursor >= bound {
+            0
+        } else {
+            self.sweep_cursor
+        };
+        let end = (start + chunk).min(bound);
+        self.sweep_cursor = end;
+        let core = &mut self.core;
+        for idx in start..end {
+            let Some(c) = core.conns.get_mut(idx) else {
+                continue;
+            };
+            if c.phase != Phase::Open || c.has(flag::DOOMED) {
+                continue;
+            }
+            let key = ConnKey::new(idx, c.generation);
+            if now_ms.wrapping_sub(c.last_seen_ms) >= wait_ms {
+                // Nothing arrived for pong_wait: the peer is gone; drop the TCP connection.
+                core.metrics.inc(Metric::CloseKeepalive);
+                c.set(flag::DOOMED);
+                core.doomed.push(key);
+            } else if now_ms.wrapping_sub(c.last_ping_ms) >= ping_ms {
+                c.last_ping_ms = now_ms;
+                c.out.push_bytes(&mut core.pool, &[0x89, 0x00]);
+                if !c.has(flag::DIRTY) {
+                    c.set(flag::DIRTY);
+                    core.dirty.push(key);
+                }
+            }
+        }
+        if self.core.open > 0 {
+            self.arm_keepalive();
+        }
     }
 
     /// Decodes frames from `read_buf[start..end]` in place. Returns false when the
@@ -1363,41 +1433,7 @@ impl<A: App> Shard<A> {
                     self.core.doom(key);
                 }
             }
-            TimerKind::Keepalive => {
-                let now_ms = self.core.now_ms();
-                let ping_ms = self.core.config.ping_interval.as_millis() as u32;
-                let wait_ms = self.core.config.pong_wait.as_millis() as u32;
-                let Some(c) = slot(&mut self.core.conns, key) else {
-                    return;
-                };
-                if c.phase != Phase::Open {
-                    return;
-                }
-                let idle = now_ms.wrapping_sub(c.last_seen_ms);
-                if idle >= wait_ms {
-                    // Nothing arrived for pong_wait: the peer is gone; drop the TCP connection.
-                    self.core.metrics.inc(Metric::CloseKeepalive);
-                    self.core.doom(key);
-                    return;
-                }
-                if now_ms.wrapping_sub(c.last_ping_ms) >= ping_ms {
-                    c.last_ping_ms = now_ms;
-                    c.out.push_bytes(&mut self.core.pool, &[0x89, 0x00]);
-                    self.core.mark_dirty(key);
-                }
-                let Some(c) = self.core.conn(key) else { return };
-                let next_ping = ping_ms.saturating_sub(now_ms.wrapping_sub(c.last_ping_ms));
-                let next_dead = wait_ms - idle;
-                let next = next_ping.min(next_dead).max(1);
-                let deadline = self.core.now + Duration::from_millis(next as u64);
-                self.core.timers.insert(
-                    deadline,
-                    TimerEntry {
-                        key,
-                        kind: TimerKind::Keepalive,
-                    },
-                );
-            }
+            TimerKind::KeepaliveSweep => self.sweep_keepalive(),
         }
     }
 
