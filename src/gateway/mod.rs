@@ -135,6 +135,18 @@ pub enum Outcome {
     Unavailable,
 }
 
+impl Outcome {
+    /// The outcome on the target's home shard, from how many of its connections took the
+    /// event there.
+    fn of_local(queued: usize) -> Self {
+        if queued == 0 {
+            Outcome::Offline
+        } else {
+            Outcome::Delivered
+        }
+    }
+}
+
 /// Other nodes holding a user (cluster mode), with the user's latest record from them.
 struct RemoteUser {
     nodes: SmallVec<[u32; 2]>,
@@ -844,12 +856,7 @@ fn deliver_to_user<H: Handler>(
         }
     }
     if let Some(reply) = reply {
-        let outcome = if n == 0 {
-            Outcome::Offline
-        } else {
-            Outcome::Delivered
-        };
-        answer(core, st, reply, outcome);
+        answer(core, st, reply, Outcome::of_local(n));
     }
 }
 
@@ -1046,13 +1053,8 @@ fn handle_data_request<H: Handler>(
             let json = std::mem::take(&mut st.scratch);
             let n = deliver_local(core, st, target, Event::Json(&json), None);
             st.scratch = json;
-            let outcome = if n == 0 {
-                Outcome::Offline
-            } else {
-                Outcome::Delivered
-            };
             st.targets = targets;
-            answer_here(core, st, key, msg.pid, outcome);
+            answer_here(core, st, key, msg.pid, Outcome::of_local(n));
             return;
         }
         let reply = Some(Reply {

@@ -1,6 +1,7 @@
 //! One connection's state as the shard keeps it.
 
 use crate::proto::codec::Decoder;
+use crate::shard::key::ConnKey;
 use crate::shard::outbound::OutQueue;
 use crate::shard::transport::Transport;
 
@@ -64,5 +65,13 @@ impl<S> Conn<S> {
     }
     pub fn clear(&mut self, f: u8) {
         self.flags &= !f;
+    }
+    /// Sets flag `f` and records `key` in `list` unless `f` was already set, so the shard's
+    /// dirty and doomed lists name each connection once.
+    pub fn enlist(&mut self, f: u8, key: ConnKey, list: &mut Vec<ConnKey>) {
+        if !self.has(f) {
+            self.set(f);
+            list.push(key);
+        }
     }
 }

@@ -223,9 +223,7 @@ impl<A: App> Core<A> {
     }
 
     fn conn_mut(&mut self, key: ConnKey) -> Option<&mut Conn<A::Session>> {
-        self.conns
-            .get_mut(key.index())
-            .filter(|c| c.generation == key.generation())
+        slot(&mut self.conns, key)
     }
 
     /// The session of a live connection (`None` if the key is stale).
@@ -297,10 +295,7 @@ impl<A: App> Core<A> {
         };
         let kept = settle_push(c, &mut self.pool, limit, &self.metrics);
         if kept {
-            if !c.has(flag::DIRTY) {
-                c.set(flag::DIRTY);
-                self.dirty.push(key);
-            }
+            c.enlist(flag::DIRTY, key, &mut self.dirty);
         } else {
             self.doom(key);
         }
@@ -324,14 +319,10 @@ impl<A: App> Core<A> {
             c.out.push_shared(&mut self.pool, frame);
             if settle_push(c, &mut self.pool, limit, &self.metrics) {
                 n += 1;
-                if !c.has(flag::DIRTY) {
-                    c.set(flag::DIRTY);
-                    self.dirty.push(key);
-                }
+                c.enlist(flag::DIRTY, key, &mut self.dirty);
             } else {
                 // What `doom` does; the slab is borrowed by the loop.
-                c.set(flag::DOOMED);
-                self.doomed.push(key);
+                c.enlist(flag::DOOMED, key, &mut self.doomed);
             }
         }
         n
@@ -354,10 +345,7 @@ impl<A: App> Core<A> {
         if c.has(flag::CLOSE_RECEIVED) {
             c.set(flag::DROP_AFTER_FLUSH);
         }
-        if !c.has(flag::DIRTY) {
-            c.set(flag::DIRTY);
-            self.dirty.push(key);
-        }
+        c.enlist(flag::DIRTY, key, &mut self.dirty);
         self.timers.insert(
             now + CLOSE_LINGER,
             TimerEntry {
@@ -373,11 +361,8 @@ impl<A: App> Core<A> {
     }
 
     fn doom(&mut self, key: ConnKey) {
-        if let Some(c) = self.conn_mut(key) {
-            if !c.has(flag::DOOMED) {
-                c.set(flag::DOOMED);
-                self.doomed.push(key);
-            }
+        if let Some(c) = slot(&mut self.conns, key) {
+            c.enlist(flag::DOOMED, key, &mut self.doomed);
         }
     }
 
@@ -447,10 +432,9 @@ impl<A: App> Core<A> {
 
     /// Queues the connection for the flush phase if it has output.
     fn mark_dirty(&mut self, key: ConnKey) {
-        if let Some(c) = self.conn_mut(key) {
-            if !c.out.is_empty() && !c.has(flag::DIRTY) {
-                c.set(flag::DIRTY);
-                self.dirty.push(key);
+        if let Some(c) = slot(&mut self.conns, key) {
+            if !c.out.is_empty() {
+                c.enlist(flag::DIRTY, key, &mut self.dirty);
             }
         }
     }
@@ -646,11 +630,10 @@ impl<A: App> Shard<A> {
     /// One readiness event for a connection (phase 3).
     fn handle_event(&mut self, key: ConnKey, writable: bool, readable: bool, closed: bool) {
         if writable {
-            if let Some(c) = self.core.conn_mut(key) {
+            if let Some(c) = slot(&mut self.core.conns, key) {
                 c.clear(flag::WRITE_BLOCKED);
-                if !c.out.is_empty() && !c.has(flag::DIRTY) {
-                    c.set(flag::DIRTY);
-                    self.core.dirty.push(key);
+                if !c.out.is_empty() {
+                    c.enlist(flag::DIRTY, key, &mut self.core.dirty);
                 }
             }
         }
@@ -1250,15 +1233,11 @@ impl<A: App> Shard<A> {
             if now_ms.wrapping_sub(c.last_seen_ms) >= wait_ms {
                 // Nothing arrived for pong_wait: the peer is gone; drop the TCP connection.
                 core.metrics.inc(Metric::CloseKeepalive);
-                c.set(flag::DOOMED);
-                core.doomed.push(key);
+                c.enlist(flag::DOOMED, key, &mut core.doomed);
             } else if now_ms.wrapping_sub(c.last_ping_ms) >= ping_ms {
                 c.last_ping_ms = now_ms;
                 c.out.push_bytes(&mut core.pool, &[0x89, 0x00]);
-                if !c.has(flag::DIRTY) {
-                    c.set(flag::DIRTY);
-                    core.dirty.push(key);
-                }
+                c.enlist(flag::DIRTY, key, &mut core.dirty);
             }
         }
         if self.core.open > 0 {
@@ -1529,8 +1508,6 @@ impl<A: App> Shard<A> {
     }
 }
 
-/// The connection behind `key`, if the slot still holds that generation (a borrow of the
-/// slab alone, so the rest of the core stays usable).
 /// A writer that counts the write calls reaching the socket (the syscall metric).
 struct CountWrites<'a, W> {
     inner: &'a mut W,
@@ -1576,6 +1553,8 @@ fn settle_push<S>(
     false
 }
 
+/// The connection behind `key`, if the slot still holds that generation (a borrow of the
+/// slab alone, so the rest of the core stays usable).
 fn slot<S>(conns: &mut Slab<Conn<S>>, key: ConnKey) -> Option<&mut Conn<S>> {
     conns
         .get_mut(key.index())
