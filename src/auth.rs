@@ -21,6 +21,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config::{AuthConfig, JwtKey};
+use crate::proto::envelope::parse_decimal_id;
 
 mod hs256_fast;
 
@@ -36,8 +37,9 @@ const TOKEN_COOKIE: &str = "auth_token";
 /// Name of the query parameter carrying a token.
 const TOKEN_QUERY_PARAM: &str = "token";
 
-/// Largest accepted `sub`: 2^53 − 1, the largest integer a JavaScript client holds exactly.
-pub const MAX_USER_ID: u64 = (1 << 53) - 1;
+/// Largest accepted `sub`: 2^53 − 1, the largest integer a JavaScript client holds exactly
+/// (the envelope's limit on user ids, the same constant).
+pub use crate::proto::envelope::MAX_USER_ID;
 
 /// Largest accepted clock-skew leeway.
 const MAX_LEEWAY: Duration = Duration::from_secs(86_400);
@@ -401,23 +403,10 @@ impl RawClaims {
 fn parse_subject(sub: Option<&Value>) -> Option<UserId> {
     let id = match sub? {
         Value::Number(n) => n.as_u64()?,
-        Value::String(s) => subject_from_str(s)?.0,
+        Value::String(s) => parse_decimal_id(s)?,
         _ => return None,
     };
     (1..=MAX_USER_ID).contains(&id).then_some(UserId(id))
-}
-
-/// A string `sub`: canonical decimal digits (no sign, no leading zero, at most 16 digits).
-/// The range is checked by the caller.
-fn subject_from_str(s: &str) -> Option<UserId> {
-    let canonical = !s.is_empty()
-        && s.len() <= 16
-        && s.bytes().all(|b| b.is_ascii_digit())
-        && !s.starts_with('0');
-    if !canonical {
-        return None;
-    }
-    s.parse().ok().map(UserId)
 }
 
 /// Takes the token from the first carrier present, in the spec's order: `Authorization:

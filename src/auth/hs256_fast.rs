@@ -36,7 +36,8 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::{subject_from_str, Identity, UserId, MAX_USER_ID};
+use super::{Identity, UserId, MAX_USER_ID};
+use crate::proto::envelope::parse_decimal_id;
 
 /// Largest decoded claims text handled here (on the stack); larger tokens take the slow path.
 pub(super) const MAX_CLAIMS: usize = 1024;
@@ -182,7 +183,7 @@ fn read_claims(text: &[u8], now: u64, leeway: u64) -> Option<Identity> {
     // `RawClaims::into_identity`.
     let user = match sub? {
         Val::Int(id) => UserId(id),
-        Val::Str(s) => subject_from_str(s)?,
+        Val::Str(s) => UserId(parse_decimal_id(s)?),
         _ => return None,
     };
     if !(1..=MAX_USER_ID).contains(&user.0) {

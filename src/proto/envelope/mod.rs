@@ -48,6 +48,7 @@
 //!   was half of a P2P delivery's instructions.
 
 mod parse;
+pub(crate) use parse::parse_decimal_id;
 mod tape;
 mod time;
 mod write;

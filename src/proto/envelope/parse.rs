@@ -358,7 +358,10 @@ pub fn parse_user_id(value: RawJson<'_>) -> Option<u64> {
     (1..=MAX_USER_ID).contains(&id).then_some(id)
 }
 
-fn parse_decimal_id(s: &str) -> Option<u64> {
+/// A user id written as a string: canonical decimal digits (no sign, no leading zero, at
+/// most 16 digits). The one rule for ids in envelopes and in a token's `sub`; the caller
+/// checks the range.
+pub(crate) fn parse_decimal_id(s: &str) -> Option<u64> {
     let bytes = s.as_bytes();
     // 2^53−1 has 16 digits; longer strings cannot be valid and must not overflow.
     if bytes.is_empty() || bytes.len() > 16 || bytes.first() == Some(&b'0') {
