@@ -978,11 +978,13 @@ fn apply_policy(m: &Merged, c: &mut Config) -> Result<(), CliError> {
         count(1, u32_max)(t).map(|n| n as u32)
     })?;
     // Zero is meaningful: close at the first offence.
+    // Per-connection counters are u16 (they live in every connection slot).
+    let u16_max = u64::from(u16::MAX);
     m.set("rate_abuse_threshold", &mut c.rate_abuse_threshold, |t| {
-        count(0, u32_max)(t).map(|n| n as u32)
+        count(0, u16_max)(t).map(|n| n as u16)
     })?;
     m.set("garbage_threshold", &mut c.garbage_threshold, |t| {
-        count(0, u32_max)(t).map(|n| n as u32)
+        count(0, u16_max)(t).map(|n| n as u16)
     })?;
     // Zero: no coalescing, every presence change is broadcast.
     m.set(

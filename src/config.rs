@@ -120,11 +120,12 @@ pub struct Config {
     pub rate_limit: u32,
     /// Token bucket size. Default 200.
     pub rate_burst: u32,
-    /// Rate-limited messages (each answered 429) tolerated before close 1008. Default 50.
-    pub rate_abuse_threshold: u32,
+    /// Rate-limited messages in a row (each answered 429) tolerated before close 1008.
+    /// Default 50; 65,535 never closes (the per-connection counter saturates there).
+    pub rate_abuse_threshold: u16,
     /// Malformed envelopes (each answered 400/422) tolerated per connection before close 1008.
-    /// The counter decays by one per valid message. Default 20.
-    pub garbage_threshold: u32,
+    /// The counter decays by one per valid message. Default 20; 65,535 never closes.
+    pub garbage_threshold: u16,
     /// Minimum interval between two presence broadcasts of one user (latest wins). Default 100 ms.
     pub presence_min_interval: Duration,
     /// Whether presence events (online, offline, public status) go to every connection, as

@@ -12,6 +12,7 @@ pub struct Echo;
 impl App for Echo {
     type Session = ();
     type Msg = ();
+    type Opening = ();
 
     fn on_upgrade(
         &mut self,
@@ -20,6 +21,7 @@ impl App for Echo {
     ) -> Result<Accept<()>, Reject> {
         Ok(Accept {
             session: (),
+            opening: (),
             subprotocol: None,
             home_shard: None,
         })

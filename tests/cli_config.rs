@@ -725,6 +725,14 @@ fn out_of_range_and_malformed_values_are_refused() {
         ),
         (&["--max-json-depth", "2"], ValueError::TooSmall { min: 3 }),
         (
+            &["--garbage-threshold", "65536"],
+            ValueError::TooLarge { max: 65_535 },
+        ),
+        (
+            &["--rate-abuse-threshold", "65536"],
+            ValueError::TooLarge { max: 65_535 },
+        ),
+        (
             &["--allowed-origin", "https://a.example/"],
             ValueError::Origin,
         ),

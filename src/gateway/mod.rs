@@ -48,21 +48,28 @@ const TIMER_PRESENCE: u32 = 2;
 const TIMER_PENDING: u32 = 3;
 
 /// A token's `name` and `roles` claims.
-type NameAndRoles = (Box<str>, Vec<Box<str>>);
+/// The token's `name` and `roles`: `on_open` moves them into the registry.
+pub struct NameAndRoles {
+    name: Box<str>,
+    roles: Vec<Box<str>>,
+}
 
 /// Per-connection state. Small: it lives in every connection slot.
 #[derive(Default)]
 pub struct Session {
     /// 0 while the handshake is running.
     user: u64,
-    /// Token `exp`, Unix seconds.
-    exp: u64,
+    /// Token `exp`, Unix seconds, saturated at `u32::MAX` (year 2106).
+    exp: u32,
     /// Malformed messages, decayed by valid ones (close 1008 past the threshold).
-    garbage: u32,
+    garbage: u16,
     /// Rate-limited messages in a row (close 1008 past the threshold).
-    rate_strikes: u32,
-    /// Name and roles travelling with the connection to its home shard.
-    identity: Option<Box<NameAndRoles>>,
+    rate_strikes: u16,
+}
+
+/// Token `exp` as the session keeps it (see [`Session::exp`]).
+fn session_exp(exp: u64) -> u32 {
+    u32::try_from(exp).unwrap_or(u32::MAX)
 }
 
 /// Messages between the gateway's shards.
@@ -318,12 +325,13 @@ fn roles_allow(required: &[String], roles: &[Box<str>]) -> bool {
 impl<H: Handler> App for Gateway<H> {
     type Session = Session;
     type Msg = ShardMsg;
+    type Opening = NameAndRoles;
 
     fn on_upgrade(
         &mut self,
         core: &mut Core<Self>,
         req: &UpgradeRequest<'_>,
-    ) -> Result<Accept<Session>, Reject> {
+    ) -> Result<Accept<Session, NameAndRoles>, Reject> {
         let st = &mut self.state;
         if !st.origins.allows(req.origin) {
             return Err(Reject {
@@ -353,24 +361,27 @@ impl<H: Handler> App for Gateway<H> {
         Ok(Accept {
             session: Session {
                 user: identity.user_id.0,
-                exp: identity.exp,
+                exp: session_exp(identity.exp),
                 garbage: 0,
                 rate_strikes: 0,
-                identity: Some(Box::new((identity.name, identity.roles))),
+            },
+            opening: NameAndRoles {
+                name: identity.name,
+                roles: identity.roles,
             },
             subprotocol,
             home_shard: Some(home),
         })
     }
 
-    fn on_open(&mut self, core: &mut Core<Self>, key: ConnKey) {
+    fn on_open(&mut self, core: &mut Core<Self>, key: ConnKey, opening: NameAndRoles) {
         let now = core.now();
-        let Some(session) = core.session_mut(key) else {
+        let Some(session) = core.session(key) else {
             return;
         };
         let user = session.user;
         let exp = session.exp;
-        let (name, roles) = session.identity.take().map(|b| *b).unwrap_or_default();
+        let NameAndRoles { name, roles } = opening;
         let st = &mut self.state;
         let now_ms = st.epoch.millis(now);
         let max = core.config().max_connections_per_user.get();
@@ -400,7 +411,7 @@ impl<H: Handler> App for Gateway<H> {
         st.users.set_roles(UserId(user), roles);
         // Token expiry on the open connection (exp + leeway, the same tolerance as at
         // the upgrade).
-        schedule_expiry(core, st, key, exp);
+        schedule_expiry(core, st, key, u64::from(exp));
         if first {
             if st.remote.contains_key(&user) {
                 // Already online on another node: no second online event, but the other
@@ -733,7 +744,7 @@ fn expire_tokens<H: Handler>(
         for key in entry.remove() {
             let Some(s) = core.session(key) else { continue };
             // A refreshed token is in a later second's list as well.
-            if now_s >= s.exp.saturating_add(st.leeway_s) {
+            if now_s >= u64::from(s.exp).saturating_add(st.leeway_s) {
                 send_error(core, st, key, None, 401, "token expired");
                 core.metrics().inc(Metric::CloseExpired);
                 core.close(key, CloseCode::TOKEN_EXPIRED, "token expired");
@@ -1549,7 +1560,7 @@ fn handle_builtin_request<H: Handler>(
             match st.verifier.verify(&token) {
                 Ok(id) if id.user_id.0 == user => {
                     if let Some(s) = core.session_mut(key) {
-                        s.exp = id.exp;
+                        s.exp = session_exp(id.exp);
                     }
                     schedule_expiry(core, st, key, id.exp);
                     st.scratch.clear();

@@ -6,9 +6,13 @@ use crate::proto::handshake::UpgradeRequest;
 use crate::shard::{ConnKey, Core};
 
 /// What `on_upgrade` decides for a `GET /ws` request.
-pub struct Accept<S> {
+pub struct Accept<S, O = ()> {
     /// The connection's per-connection state.
     pub session: S,
+    /// What `on_open` needs once and the session need not keep (the gateway's token name
+    /// and roles): it travels with the connection to its home shard and is handed over by
+    /// value, so the slot every connection keeps for its whole life stays small.
+    pub opening: O,
     /// Subprotocol to select in the 101 response (never the token entry).
     pub subprotocol: Option<&'static str>,
     /// Shard that should own the connection (its user's home shard); `None` keeps it here.
@@ -26,6 +30,8 @@ pub struct Reject {
 pub trait App: Sized + 'static {
     /// Per-connection state; `Default` is the state of a connection still in its handshake.
     type Session: Default + Send + 'static;
+    /// Data from the upgrade consumed by `on_open` (see [`Accept::opening`]); `()` if none.
+    type Opening: Send + 'static;
     /// Messages this app sends between shards.
     type Msg: Send + 'static;
 
@@ -34,10 +40,11 @@ pub trait App: Sized + 'static {
         &mut self,
         core: &mut Core<Self>,
         req: &UpgradeRequest<'_>,
-    ) -> Result<Accept<Self::Session>, Reject>;
+    ) -> Result<Accept<Self::Session, Self::Opening>, Reject>;
 
-    /// The connection is open on its home shard (after a hand-off, on the new shard).
-    fn on_open(&mut self, _core: &mut Core<Self>, _key: ConnKey) {}
+    /// The connection is open on its home shard (after a hand-off, on the new shard), with
+    /// the `opening` its `Accept` carried.
+    fn on_open(&mut self, _core: &mut Core<Self>, _key: ConnKey, _opening: Self::Opening) {}
 
     /// A complete text message (valid UTF-8), unmasked in place in the shard's read buffer;
     /// the app may parse it in place (simd-json) and must not keep the slice.

@@ -49,8 +49,9 @@ pub(crate) struct Conn<S> {
     /// Milliseconds since the shard epoch of the last ping sent (wrapping).
     pub last_ping_ms: u32,
     /// Unconsumed input: the partial HTTP request, or a partial frame header / control frame
-    /// (< 140 bytes) between reads. Empty (no allocation) almost always.
-    pub inbuf: Vec<u8>,
+    /// (< 140 bytes) between reads. Empty (no allocation) almost always; a boxed slice
+    /// rather than a `Vec` because it is written whole and never grown (8 bytes less).
+    pub inbuf: Box<[u8]>,
     pub decoder: Decoder,
     pub out: OutQueue,
     pub session: S,

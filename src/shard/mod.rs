@@ -131,21 +131,22 @@ enum ReadUntil {
 }
 
 /// What a complete (or incomplete) HTTP request turned into.
-enum Handshake<S> {
+enum Handshake<S, O> {
     Incomplete,
     Error(Metric, u16, String),
     Page(u16, &'static str, &'static [u8]),
     Upgraded {
-        accept: Accept<S>,
+        accept: Accept<S, O>,
         client_key: smallvec::SmallVec<[u8; 32]>,
         consumed: usize,
     },
 }
 
 /// A connection travelling to its home shard.
-pub struct Adoption<S> {
+pub struct Adoption<S, O> {
     stream: Transport,
     session: S,
+    opening: O,
     inbuf: Vec<u8>,
     out: outbound::OutQueue,
 }
@@ -153,7 +154,7 @@ pub struct Adoption<S> {
 /// What travels through the cross-shard queues.
 pub enum Cross<A: App> {
     /// Take over a freshly upgraded connection.
-    Adopt(Box<Adoption<A::Session>>),
+    Adopt(Box<Adoption<A::Session, A::Opening>>),
     /// An app message.
     App(A::Msg),
 }
@@ -829,7 +830,7 @@ impl<A: App> Shard<A> {
             flags: 0,
             last_seen_ms: now_ms,
             last_ping_ms: now_ms,
-            inbuf: Vec::new(),
+            inbuf: Box::default(),
             decoder: Decoder::default(),
             out: outbound::OutQueue::default(),
             session: A::Session::default(),
@@ -872,7 +873,7 @@ impl<A: App> Shard<A> {
             let buf = &mut self.read_buf[..];
             let mut filled = c.inbuf.len();
             buf[..filled].copy_from_slice(&c.inbuf);
-            c.inbuf = Vec::new();
+            c.inbuf = Box::default();
             let before = filled;
             let mut eof = false;
             let mut failed = false;
@@ -963,7 +964,7 @@ impl<A: App> Shard<A> {
         let outcome = self.decide_handshake(filled, before);
         match outcome {
             Handshake::Incomplete => {
-                let saved = self.read_buf[..filled].to_vec();
+                let saved = Box::from(&self.read_buf[..filled]);
                 if let Some(c) = self.core.conn_mut(key) {
                     c.inbuf = saved;
                 }
@@ -994,7 +995,11 @@ impl<A: App> Shard<A> {
     }
 
     /// Parses and routes the request in the read buffer; asks the app about upgrades.
-    fn decide_handshake(&mut self, filled: usize, before: usize) -> Handshake<A::Session> {
+    fn decide_handshake(
+        &mut self,
+        filled: usize,
+        before: usize,
+    ) -> Handshake<A::Session, A::Opening> {
         let cfg = &self.core.config;
         let limits = HandshakeLimits {
             max_header_bytes: cfg.max_header_bytes,
@@ -1097,7 +1102,7 @@ impl<A: App> Shard<A> {
     fn open_connection(
         &mut self,
         key: ConnKey,
-        accept: Accept<A::Session>,
+        accept: Accept<A::Session, A::Opening>,
         client_key: &[u8],
         rest: Vec<u8>,
     ) -> bool {
@@ -1121,6 +1126,7 @@ impl<A: App> Shard<A> {
                 let adoption = Adoption {
                     stream: conn.stream,
                     session: conn.session,
+                    opening: accept.opening,
                     inbuf: rest,
                     out: conn.out,
                 };
@@ -1131,7 +1137,7 @@ impl<A: App> Shard<A> {
                 c.phase = Phase::Open;
                 self.core.open += 1;
                 self.arm_keepalive();
-                self.app.on_open(&mut self.core, key);
+                self.app.on_open(&mut self.core, key, accept.opening);
                 self.core.mark_dirty(key);
                 if rest.is_empty() {
                     return true;
@@ -1144,10 +1150,11 @@ impl<A: App> Shard<A> {
         }
     }
 
-    fn adopt(&mut self, adoption: Adoption<A::Session>) {
+    fn adopt(&mut self, adoption: Adoption<A::Session, A::Opening>) {
         let Adoption {
             mut stream,
             session,
+            opening,
             inbuf,
             out,
         } = adoption;
@@ -1168,14 +1175,14 @@ impl<A: App> Shard<A> {
             flags: flag::COUNTED,
             last_seen_ms: now_ms,
             last_ping_ms: now_ms,
-            inbuf,
+            inbuf: inbuf.into_boxed_slice(),
             decoder: Decoder::default(),
             out,
             session,
         });
         core.open += 1;
         self.arm_keepalive();
-        self.app.on_open(&mut self.core, key);
+        self.app.on_open(&mut self.core, key, opening);
         self.core.mark_dirty(key);
         // Data may have arrived between deregistration and registration; read now.
         self.handle_readable(key, ReadUntil::ShortRead);
@@ -1327,7 +1334,7 @@ impl<A: App> Shard<A> {
         if let Some(c) = self.core.conn_mut(key) {
             c.decoder = decoder;
             if alive && pos < end {
-                c.inbuf = self.read_buf[pos..end].to_vec();
+                c.inbuf = Box::from(&self.read_buf[pos..end]);
             }
         }
         if let Some(code) = peer_close {
@@ -1384,7 +1391,7 @@ impl<A: App> Shard<A> {
         write(&mut out);
         c.out.push_bytes(&mut self.core.pool, &out);
         c.phase = Phase::HttpResponse;
-        c.inbuf = Vec::new();
+        c.inbuf = Box::default();
         c.set(flag::DROP_AFTER_FLUSH);
         self.core.mark_dirty(key);
     }
@@ -1621,7 +1628,7 @@ mod tests {
     #[test]
     fn conn_stays_small() {
         let size = std::mem::size_of::<super::Conn<crate::gateway::Session>>();
-        assert!(size <= 184, "size_of::<Conn<Session>>() = {size}");
+        assert!(size <= 160, "size_of::<Conn<Session>>() = {size}");
     }
 
     /// Data and FIN in one burst, both before the upgrade (the accept path reads after a
