@@ -306,8 +306,8 @@ fn refresh_token_moves_the_expiry() {
     assert_eq!(r["type"], "generic_response", "{r}");
 }
 
-/// Tokens expiring in the same second share one timer on their shard: each connection is
-/// checked on its own (users 1, 3, 5 and 7 all live on shard 1 of 2).
+/// Tokens expiring in the same second, on one shard, one refreshed and one already gone:
+/// each connection is checked on its own (users 1, 3, 5 and 7 all live on shard 1 of 2).
 #[test]
 fn tokens_expiring_in_the_same_second_close_each_connection_once() {
     let server = gateway(gateway_config(2));

@@ -16,7 +16,7 @@ pub mod inline_str;
 pub mod presence;
 pub mod registry;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -43,7 +43,6 @@ use presence::{PresenceBook, PresenceRecord, ReplicaRecord};
 use registry::{home_shard, LocalUser, Registry};
 
 /// App timer kinds (`Core::schedule` data).
-const TIMER_EXPIRY: u32 = 1;
 const TIMER_PRESENCE: u32 = 2;
 const TIMER_PENDING: u32 = 3;
 
@@ -191,7 +190,6 @@ pub struct GatewayState<H: Handler> {
     /// timer per second rather than one wheel entry per connection (8 bytes per connection
     /// here instead of 24 there). Entries of closed connections or refreshed tokens stay
     /// until their second; the check skips them.
-    expiries: BTreeMap<u64, Vec<ConnKey>>,
     /// Coalesced presence updates, due in insertion order (the interval is constant).
     presence_due: VecDeque<(Instant, u64)>,
     /// This turn's announcements to everyone (concatenated frames) and replica updates.
@@ -287,7 +285,6 @@ impl<F> GatewayFactory<F> {
                 epoch: Epoch::new(Instant::now()),
                 scratch: Vec::with_capacity(4096),
                 targets: Vec::new(),
-                expiries: BTreeMap::new(),
                 presence_due: VecDeque::new(),
                 presence_frames: Vec::new(),
                 presence_updates: Vec::new(),
@@ -309,10 +306,6 @@ fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn unix_s() -> u64 {
-    unix_ms() / 1000
 }
 
 fn roles_allow(required: &[String], roles: &[Box<str>]) -> bool {
@@ -380,7 +373,6 @@ impl<H: Handler> App for Gateway<H> {
             return;
         };
         let user = session.user;
-        let exp = session.exp;
         let NameAndRoles { name, roles } = opening;
         let st = &mut self.state;
         let now_ms = st.epoch.millis(now);
@@ -409,9 +401,6 @@ impl<H: Handler> App for Gateway<H> {
             }
         };
         st.users.set_roles(UserId(user), roles);
-        // Token expiry on the open connection (exp + leeway, the same tolerance as at
-        // the upgrade).
-        schedule_expiry(core, st, key, u64::from(exp));
         if first {
             if st.remote.contains_key(&user) {
                 // Already online on another node: no second online event, but the other
@@ -640,9 +629,21 @@ impl<H: Handler> App for Gateway<H> {
         }
     }
 
+    /// Token expiry on an open connection, at exp + leeway (the same tolerance as at the
+    /// upgrade); the keepalive sweep asks once per period (≤ 1 s), so an expiry costs no
+    /// timer and no list entry per connection.
+    fn is_lapsed(&self, session: &Session, unix_s: u64) -> bool {
+        unix_s >= u64::from(session.exp).saturating_add(self.state.leeway_s)
+    }
+
+    fn on_lapsed(&mut self, core: &mut Core<Self>, key: ConnKey) {
+        send_error(core, &mut self.state, key, None, 401, "token expired");
+        core.metrics().inc(Metric::CloseExpired);
+        core.close(key, CloseCode::TOKEN_EXPIRED, "token expired");
+    }
+
     fn on_timer(&mut self, core: &mut Core<Self>, key: ConnKey, data: u32) {
         match data {
-            TIMER_EXPIRY => expire_tokens(core, &mut self.state, key),
             TIMER_PRESENCE => flush_presence(core, &mut self.state),
             TIMER_PENDING => {
                 let slot = key.index();
@@ -696,60 +697,6 @@ impl<H: Handler> App for Gateway<H> {
         self.state
             .serve_demo
             .then_some((crate::demo::INDEX_CONTENT_TYPE, crate::demo::INDEX_HTML))
-    }
-}
-
-/// The token's expiry check, at exp + leeway: `key` joins the connections due that second,
-/// and the first one arms the second's timer.
-fn schedule_expiry<H: Handler>(
-    core: &mut Core<Gateway<H>>,
-    st: &mut GatewayState<H>,
-    key: ConnKey,
-    exp: u64,
-) {
-    let due_s = exp.saturating_add(st.leeway_s);
-    let due = st.expiries.entry(due_s).or_default();
-    due.push(key);
-    if due.len() == 1 {
-        arm_expiry_timer(core, due_s);
-    }
-}
-
-/// A timer for the expiries due at `due_s` (capped at a year so huge `exp` values do not
-/// overflow `Instant`; it re-arms then). The timer key carries the second.
-fn arm_expiry_timer<H: Handler>(core: &mut Core<Gateway<H>>, due_s: u64) {
-    let left = due_s.saturating_sub(unix_s());
-    let left = Duration::from_secs(left.min(365 * 24 * 3600)) + Duration::from_millis(5);
-    let deadline = core.now() + left;
-    let key = ConnKey::new((due_s & 0xFFFF_FFFF) as usize, (due_s >> 32) as u32);
-    core.schedule(deadline, key, TIMER_EXPIRY);
-}
-
-/// Closes (4001) the connections whose token expired, from every second due by now.
-fn expire_tokens<H: Handler>(
-    core: &mut Core<Gateway<H>>,
-    st: &mut GatewayState<H>,
-    timer: ConnKey,
-) {
-    let now_s = unix_s();
-    let armed_for = (u64::from(timer.generation()) << 32) | timer.index() as u64;
-    if armed_for > now_s && st.expiries.contains_key(&armed_for) {
-        // Early (the wall clock lags the monotonic one, or the year cap): check again then.
-        arm_expiry_timer(core, armed_for);
-    }
-    while let Some(entry) = st.expiries.first_entry() {
-        if *entry.key() > now_s {
-            break;
-        }
-        for key in entry.remove() {
-            let Some(s) = core.session(key) else { continue };
-            // A refreshed token is in a later second's list as well.
-            if now_s >= u64::from(s.exp).saturating_add(st.leeway_s) {
-                send_error(core, st, key, None, 401, "token expired");
-                core.metrics().inc(Metric::CloseExpired);
-                core.close(key, CloseCode::TOKEN_EXPIRED, "token expired");
-            }
-        }
     }
 }
 
@@ -1559,10 +1506,10 @@ fn handle_builtin_request<H: Handler>(
             };
             match st.verifier.verify(&token) {
                 Ok(id) if id.user_id.0 == user => {
+                    // The keepalive sweep checks the new expiry (`is_lapsed`).
                     if let Some(s) = core.session_mut(key) {
                         s.exp = session_exp(id.exp);
                     }
-                    schedule_expiry(core, st, key, id.exp);
                     st.scratch.clear();
                     envelope::write_refresh_response(&mut st.scratch, pid, id.exp);
                 }

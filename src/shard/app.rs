@@ -66,6 +66,17 @@ pub trait App: Sized + 'static {
     /// A message from another shard.
     fn on_shard_msg(&mut self, _core: &mut Core<Self>, _from: usize, _msg: Self::Msg) {}
 
+    /// Whether an open connection's session has lapsed (the gateway: its token expired at
+    /// `unix_s`, wall-clock seconds). The keepalive sweep, which visits every open
+    /// connection once per keepalive period (≤ 1 s) anyway, asks; a deadline then costs no
+    /// timer and no list entry per connection. Lapsed connections go to `on_lapsed`.
+    fn is_lapsed(&self, _session: &Self::Session, _unix_s: u64) -> bool {
+        false
+    }
+
+    /// A connection whose session lapsed (see `is_lapsed`); the app closes it.
+    fn on_lapsed(&mut self, _core: &mut Core<Self>, _key: ConnKey) {}
+
     /// A timer set with `Core::schedule` fired.
     fn on_timer(&mut self, _core: &mut Core<Self>, _key: ConnKey, _data: u32) {}
 

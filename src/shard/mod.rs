@@ -40,7 +40,7 @@ use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use mio::net::TcpListener;
@@ -466,6 +466,8 @@ pub struct Shard<A: App> {
     /// Keepalive sweep: whether its timer is armed, and the next slab index to visit.
     sweep_armed: bool,
     sweep_cursor: usize,
+    /// Connections the sweep found lapsed (kept for its capacity).
+    lapsed: Vec<ConnKey>,
     /// Timer entries expired this turn (kept to reuse the allocation).
     expired: Vec<TimerEntry>,
     drain_started: Option<Instant>,
@@ -518,6 +520,7 @@ impl<A: App> Shard<A> {
             accept_pending: false,
             sweep_armed: false,
             sweep_cursor: 0,
+            lapsed: Vec::new(),
             expired: Vec::new(),
             drain_started: None,
             app,
@@ -1228,7 +1231,11 @@ impl<A: App> Shard<A> {
         };
         let end = (start + chunk).min(bound);
         self.sweep_cursor = end;
-        let core = &mut self.core;
+        let unix_s = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut lapsed = std::mem::take(&mut self.lapsed);
+        let (core, app) = (&mut self.core, &self.app);
         for idx in start..end {
             let Some(c) = core.conns.get_mut(idx) else {
                 continue;
@@ -1237,7 +1244,9 @@ impl<A: App> Shard<A> {
                 continue;
             }
             let key = ConnKey::new(idx, c.generation);
-            if now_ms.wrapping_sub(c.last_seen_ms) >= wait_ms {
+            if app.is_lapsed(&c.session, unix_s) {
+                lapsed.push(key);
+            } else if now_ms.wrapping_sub(c.last_seen_ms) >= wait_ms {
                 // Nothing arrived for pong_wait: the peer is gone; drop the TCP connection.
                 core.metrics.inc(Metric::CloseKeepalive);
                 c.enlist(flag::DOOMED, key, &mut core.doomed);
@@ -1247,6 +1256,10 @@ impl<A: App> Shard<A> {
                 c.enlist(flag::DIRTY, key, &mut core.dirty);
             }
         }
+        for key in lapsed.drain(..) {
+            self.app.on_lapsed(&mut self.core, key);
+        }
+        self.lapsed = lapsed;
         if self.core.open > 0 {
             self.arm_keepalive();
         }
