@@ -18,9 +18,10 @@
 //!   and returned as a slice of `buf`.
 //! * **Streaming / assembly.** A data frame that is not wholly present, or is one fragment of a
 //!   longer message, is consumed as far as it goes: payload bytes are unmasked, fed to the
-//!   incremental UTF-8 validator (text) and appended to the decoder's assembly buffer. Each
+//!   incremental UTF-8 validator (text) and appended to the message's assembly buffer. Each
 //!   byte is touched once, so feeding 1 MiB in 64-byte reads stays linear, and the caller never
-//!   has to keep a partial data frame around.
+//!   has to keep a partial data frame around. This state is boxed and exists only while such a
+//!   message is in progress, so an idle decoder is small and holds no heap memory.
 //! * **Control frames** (≤ 125 bytes) are decoded only once wholly present and may arrive
 //!   between the fragments of a data message.
 //!
@@ -177,43 +178,52 @@ enum DataKind {
     Binary,
 }
 
-/// Per-connection decoder state. Small (≤ 64 bytes) and holding no heap memory unless a
-/// message is being assembled.
+/// Per-connection decoder state: 16 bytes on 64-bit targets, and no heap memory between
+/// messages.
+///
+/// A decoder lives in every connection slot, so its idle size counts towards the memory per
+/// idle connection. Almost every message is one whole frame inside one read and is decoded
+/// in place without keeping anything, so everything needed to resume a message that spans
+/// reads or frames lives in a [`PartialMessage`], boxed only while such a message is received.
 #[derive(Debug, Default)]
 pub struct Decoder {
-    /// Payload of the message being assembled (streamed or fragmented). Released at the start
-    /// of the call after the one that returned it.
-    assembly: Vec<u8>,
-    /// Payload bytes of the current streamed frame not yet seen.
-    frame_remaining: u64,
-    /// Masking key of the current streamed frame.
-    mask: [u8; 4],
-    /// Position (mod 4) inside the current frame's payload, for resuming the mask.
-    mask_phase: u8,
-    /// Whether the current streamed frame is the last of its message.
-    frame_fin: bool,
-    /// The data message in progress, if any.
-    message: Option<DataKind>,
-    /// Frames seen so far in the message in progress.
-    fragments: u32,
-    /// UTF-8 state across the chunks of a text message in progress.
-    utf8: Utf8Validator,
+    /// The data message being received in pieces, if any. Allocated when a data frame is not
+    /// wholly in the buffer or is not the final one; dropped at the start of the call after
+    /// the one that returned the message (whose result borrows the assembly buffer).
+    partial: Option<Box<PartialMessage>>,
     /// A Close frame was returned; the rest of the input is ignored.
     closed: bool,
+}
+
+/// A data message received in pieces: a frame streamed across reads, or a fragmented message.
+#[derive(Debug)]
+struct PartialMessage {
+    /// Payload assembled so far.
+    assembly: Vec<u8>,
+    /// Payload bytes of the current frame not yet seen.
+    frame_remaining: u64,
+    /// Frames seen so far, counting the first.
+    fragments: u32,
+    /// Masking key of the current frame.
+    mask: [u8; 4],
+    /// UTF-8 state across the chunks of a text message.
+    utf8: Utf8Validator,
+    /// Text or Binary, as the first frame said.
+    kind: DataKind,
+    /// Position (mod 4) inside the current frame's payload, for resuming the mask.
+    mask_phase: u8,
+    /// Whether the current frame is the last of its message.
+    frame_fin: bool,
+    /// The last byte arrived and the message was returned; nothing is in progress any more,
+    /// and the box is dropped at the start of the next call.
+    complete: bool,
 }
 
 impl Decoder {
     /// A decoder at the start of a connection.
     pub const fn new() -> Self {
         Decoder {
-            assembly: Vec::new(),
-            frame_remaining: 0,
-            mask: [0; 4],
-            mask_phase: 0,
-            frame_fin: false,
-            message: None,
-            fragments: 0,
-            utf8: Utf8Validator::new(),
+            partial: None,
             closed: false,
         }
     }
@@ -225,12 +235,15 @@ impl Decoder {
 
     /// Whether a data message is partially received (fragments or a streamed frame).
     pub fn has_partial_message(&self) -> bool {
-        self.message.is_some()
+        self.partial.as_ref().is_some_and(|p| !p.complete)
     }
 
-    /// Heap bytes currently held (the assembly buffer's capacity), for memory accounting.
+    /// Heap bytes currently held (the boxed partial message and its assembly buffer's
+    /// capacity), for memory accounting.
     pub fn heap_bytes(&self) -> usize {
-        self.assembly.capacity()
+        self.partial.as_ref().map_or(0, |p| {
+            std::mem::size_of::<PartialMessage>() + p.assembly.capacity()
+        })
     }
 
     /// Decodes at most one frame (or one piece of a streamed frame) from the start of `buf`.
@@ -248,19 +261,23 @@ impl Decoder {
                 message: None,
             });
         }
-        if self.message.is_none() && self.assembly.capacity() != 0 {
+        if self.partial.as_ref().is_some_and(|p| p.complete) {
             // The previous call returned the assembled message; give the memory back.
-            self.assembly = Vec::new();
+            self.partial = None;
         }
-        if self.frame_remaining > 0 {
+        if let Some(partial) = self
+            .partial
+            .as_deref_mut()
+            .filter(|p| p.frame_remaining > 0)
+        {
             let take =
-                usize::try_from(self.frame_remaining).map_or(buf.len(), |r| r.min(buf.len()));
+                usize::try_from(partial.frame_remaining).map_or(buf.len(), |r| r.min(buf.len()));
             if take == 0 {
                 return Ok(Decoded::need_more());
             }
             let (chunk, _) = buf.split_at_mut(take);
-            self.stream_payload(chunk)?;
-            return self.finish_chunk(take);
+            let complete = partial.stream_payload(chunk)?;
+            return Ok(self.streamed(take, complete));
         }
 
         let Some(header) = parse_header(buf)? else {
@@ -292,8 +309,9 @@ impl Decoder {
             });
         }
 
-        let kind = match (header.opcode, self.message) {
-            (OpCode::Continuation, Some(kind)) => kind,
+        let in_progress = self.partial.as_deref();
+        let kind = match (header.opcode, in_progress) {
+            (OpCode::Continuation, Some(partial)) => partial.kind,
             (OpCode::Continuation, None) => return Err(ProtocolError::UnexpectedContinuation),
             (_, Some(_)) => return Err(ProtocolError::InterleavedDataMessage),
             (OpCode::Text, None) => DataKind::Text,
@@ -301,13 +319,14 @@ impl Decoder {
         };
         // Limits first, in u64, before anything depends on the declared length.
         let limit = limits.max_message_size;
-        let room = (limit as u64).saturating_sub(self.assembly.len() as u64);
+        let assembled = in_progress.map_or(0, |p| p.assembly.len());
+        let room = (limit as u64).saturating_sub(assembled as u64);
         if header.payload_len > room {
             return Err(ProtocolError::MessageTooBig { limit });
         }
         // Lossless: payload_len <= max_message_size, a usize.
         let payload_len = header.payload_len as usize;
-        let fragments = self.fragments.saturating_add(1);
+        let fragments = in_progress.map_or(0, |p| p.fragments).saturating_add(1);
         if usize::try_from(fragments).map_or(true, |f| f > limits.max_fragments) {
             return Err(ProtocolError::TooManyFragments {
                 limit: limits.max_fragments,
@@ -317,7 +336,7 @@ impl Decoder {
         let whole_frame_end = header_len
             .checked_add(payload_len)
             .filter(|&end| end <= buf.len());
-        if header.fin && self.message.is_none() {
+        if header.fin && in_progress.is_none() {
             if let Some(end) = whole_frame_end {
                 // In bounds: header_len <= end <= buf.len().
                 let payload = &mut buf[header_len..end];
@@ -340,55 +359,82 @@ impl Decoder {
         }
 
         // Streaming / assembly path.
-        self.message = Some(kind);
-        self.fragments = fragments;
-        self.frame_remaining = header.payload_len;
-        self.mask = mask;
-        self.mask_phase = 0;
-        self.frame_fin = header.fin;
-        self.assembly.reserve(payload_len.min(MAX_UPFRONT_RESERVE));
+        let partial = self
+            .partial
+            .get_or_insert_with(|| Box::new(PartialMessage::new(kind)));
+        partial.fragments = fragments;
+        partial.frame_remaining = header.payload_len;
+        partial.mask = mask;
+        partial.mask_phase = 0;
+        partial.frame_fin = header.fin;
+        partial
+            .assembly
+            .reserve(payload_len.min(MAX_UPFRONT_RESERVE));
         let available = (buf.len() - header_len).min(payload_len);
         let chunk = buf
             .get_mut(header_len..header_len + available)
             .unwrap_or_default();
-        self.stream_payload(chunk)?;
-        self.finish_chunk(header_len + available)
+        let complete = partial.stream_payload(chunk)?;
+        Ok(self.streamed(header_len + available, complete))
     }
 
-    /// Unmasks, validates and appends a piece of the current frame's payload.
-    fn stream_payload(&mut self, chunk: &mut [u8]) -> Result<(), ProtocolError> {
+    /// The result of a call that streamed a piece of a data frame: the assembled message if
+    /// that piece completed it.
+    fn streamed(&mut self, consumed: usize, complete: bool) -> Decoded<'_> {
+        let message = if complete {
+            self.partial.as_deref_mut().map(PartialMessage::message)
+        } else {
+            None
+        };
+        Decoded { consumed, message }
+    }
+}
+
+impl PartialMessage {
+    /// A message of `kind` whose first frame header was just read.
+    fn new(kind: DataKind) -> Self {
+        PartialMessage {
+            assembly: Vec::new(),
+            frame_remaining: 0,
+            fragments: 0,
+            mask: [0; 4],
+            utf8: Utf8Validator::new(),
+            kind,
+            mask_phase: 0,
+            frame_fin: false,
+            complete: false,
+        }
+    }
+
+    /// Unmasks, validates and appends a piece of the current frame's payload. Returns whether
+    /// it was the message's last byte (the message is then marked complete).
+    fn stream_payload(&mut self, chunk: &mut [u8]) -> Result<bool, ProtocolError> {
         apply_mask(chunk, self.mask, usize::from(self.mask_phase));
         // Lossless: the value is < 4.
         self.mask_phase = ((usize::from(self.mask_phase) + chunk.len() % 4) % 4) as u8;
-        if self.message == Some(DataKind::Text) {
+        if self.kind == DataKind::Text {
             self.utf8
                 .feed(chunk)
                 .map_err(|_| ProtocolError::InvalidUtf8)?;
         }
         self.assembly.extend_from_slice(chunk);
         self.frame_remaining = self.frame_remaining.saturating_sub(chunk.len() as u64);
-        Ok(())
+        if self.frame_remaining > 0 || !self.frame_fin {
+            return Ok(false);
+        }
+        if self.kind == DataKind::Text {
+            self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
+        }
+        self.complete = true;
+        Ok(true)
     }
 
-    /// After a streamed piece: returns the assembled message if this was its last byte.
-    fn finish_chunk(&mut self, consumed: usize) -> Result<Decoded<'_>, ProtocolError> {
-        if self.frame_remaining > 0 || !self.frame_fin {
-            return Ok(Decoded {
-                consumed,
-                message: None,
-            });
+    /// The assembled payload as a message.
+    fn message(&mut self) -> Message<'_> {
+        match self.kind {
+            DataKind::Text => Message::Text(self.assembly.as_mut_slice()),
+            DataKind::Binary => Message::Binary(self.assembly.as_mut_slice()),
         }
-        self.fragments = 0;
-        let message = match self.message.take() {
-            Some(DataKind::Text) => {
-                self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
-                self.utf8.reset();
-                Some(Message::Text(self.assembly.as_mut_slice()))
-            }
-            Some(DataKind::Binary) => Some(Message::Binary(self.assembly.as_mut_slice())),
-            None => None,
-        };
-        Ok(Decoded { consumed, message })
     }
 }
 
@@ -508,9 +554,9 @@ mod tests {
 
     #[test]
     fn decoder_is_small() {
-        // It lives in every connection; 48 bytes on 64-bit targets today.
+        // It lives in every connection: a box pointer and a flag on 64-bit targets.
         let size = std::mem::size_of::<Decoder>();
-        assert!(size <= 64, "size_of::<Decoder>() = {size}");
+        assert!(size <= 16, "size_of::<Decoder>() = {size}");
     }
 
     #[test]
@@ -637,7 +683,9 @@ mod tests {
         let mut decoder = Decoder::new();
         let d = decoder.decode(&mut buf, &unlimited).unwrap();
         assert_eq!((d.consumed, d.message), (24, None));
-        assert!(decoder.heap_bytes() <= MAX_UPFRONT_RESERVE);
+        assert!(
+            decoder.heap_bytes() <= std::mem::size_of::<PartialMessage>() + MAX_UPFRONT_RESERVE
+        );
         assert!(decoder.has_partial_message());
     }
 
@@ -903,6 +951,86 @@ mod tests {
         assert!(decoder.heap_bytes() > 0);
         let d = decoder.decode(&mut buf[9..], &LIMITS).unwrap();
         assert_eq!(d.message, Some(Message::Text(&mut b"abcdef".to_vec()[..])));
+        assert!(!decoder.has_partial_message());
+        assert!(decoder.decode(&mut [], &LIMITS).unwrap().is_need_more());
+        assert_eq!(decoder.heap_bytes(), 0);
+    }
+
+    #[test]
+    fn streamed_message_state_is_freed_on_the_next_call() {
+        let big = frame(true, 1, &[b'x'; 1000]);
+        let small = frame(true, 2, b"next");
+        let mut decoder = Decoder::new();
+        let mut head = big[..300].to_vec();
+        let d = decoder.decode(&mut head, &LIMITS).unwrap();
+        assert_eq!((d.consumed, d.message), (300, None));
+        assert!(decoder.has_partial_message());
+        assert!(decoder.heap_bytes() > std::mem::size_of::<PartialMessage>());
+        let mut rest = [&big[300..], &small[..]].concat();
+        let d = decoder.decode(&mut rest, &LIMITS).unwrap();
+        assert_eq!(d.consumed, big.len() - 300);
+        assert_eq!(d.message, Some(Message::Text(&mut [b'x'; 1000][..])));
+        // The returned message borrows the assembly buffer, so it is kept until the next call.
+        assert!(!decoder.has_partial_message());
+        assert!(decoder.heap_bytes() > 0);
+        // That call frees it before decoding the next (whole, zero-copy) frame.
+        let d = decoder
+            .decode(&mut rest[big.len() - 300..], &LIMITS)
+            .unwrap();
+        assert_eq!(d.message, Some(Message::Binary(&mut b"next".to_vec()[..])));
+        assert_eq!(decoder.heap_bytes(), 0);
+
+        // A fragmented message whose state is freed by a call with no input.
+        let bytes = [frame(false, 2, b"ab"), frame(true, 0, b"cd")].concat();
+        let mut buf = bytes.clone();
+        let d = decoder.decode(&mut buf, &LIMITS).unwrap();
+        assert_eq!((d.consumed, d.message), (8, None));
+        assert!(decoder.has_partial_message());
+        let d = decoder.decode(&mut buf[8..], &LIMITS).unwrap();
+        assert_eq!(d.message, Some(Message::Binary(&mut b"abcd".to_vec()[..])));
+        assert!(decoder.decode(&mut [], &LIMITS).unwrap().is_need_more());
+        assert_eq!(decoder.heap_bytes(), 0);
+        // Control frames between fragments neither free nor complete the message.
+        let bytes = [
+            frame(false, 1, b"ab"),
+            frame(true, 9, b"p"),
+            frame(true, 0, b"cd"),
+        ]
+        .concat();
+        let mut buf = bytes.clone();
+        let d = decoder.decode(&mut buf, &LIMITS).unwrap();
+        assert_eq!(d.consumed, 8);
+        let d = decoder.decode(&mut buf[8..], &LIMITS).unwrap();
+        assert_eq!((d.consumed, d.message), (7, Some(Message::Ping(b"p"))));
+        assert!(decoder.has_partial_message());
+        let d = decoder.decode(&mut buf[15..], &LIMITS).unwrap();
+        assert_eq!(d.message, Some(Message::Text(&mut b"abcd".to_vec()[..])));
+        assert!(decoder.decode(&mut [], &LIMITS).unwrap().is_need_more());
+        assert_eq!(decoder.heap_bytes(), 0);
+    }
+
+    #[test]
+    fn whole_frames_never_allocate() {
+        let mut decoder = Decoder::new();
+        for i in 0..1000 {
+            let mut buf = [
+                frame(true, 1, "κόσμε".as_bytes()),
+                frame(true, 2, &[i as u8; 200]),
+                frame(true, 9, b"ping"),
+                frame(true, 1, b""),
+            ]
+            .concat();
+            let mut start = 0;
+            let mut messages = 0;
+            while start < buf.len() {
+                let d = decoder.decode(&mut buf[start..], &LIMITS).unwrap();
+                assert!(d.message.is_some());
+                start += d.consumed;
+                messages += 1;
+            }
+            assert_eq!(messages, 4);
+            assert_eq!(decoder.heap_bytes(), 0);
+        }
         assert!(!decoder.has_partial_message());
         assert!(decoder.decode(&mut [], &LIMITS).unwrap().is_need_more());
         assert_eq!(decoder.heap_bytes(), 0);
