@@ -246,6 +246,15 @@ impl Decoder {
         })
     }
 
+    /// Frees the state of a message already returned. `decode` does this at its next call;
+    /// a caller that has run out of input calls it so that a connection whose last read
+    /// ended a large message does not keep the assembly buffer while it idles.
+    pub fn release_returned(&mut self) {
+        if self.partial.as_ref().is_some_and(|p| p.complete) {
+            self.partial = None;
+        }
+    }
+
     /// Decodes at most one frame (or one piece of a streamed frame) from the start of `buf`.
     ///
     /// See the module docs for the calling loop. `buf` is modified: payload bytes are
@@ -261,10 +270,8 @@ impl Decoder {
                 message: None,
             });
         }
-        if self.partial.as_ref().is_some_and(|p| p.complete) {
-            // The previous call returned the assembled message; give the memory back.
-            self.partial = None;
-        }
+        // The previous call may have returned an assembled message; give the memory back.
+        self.release_returned();
         if let Some(partial) = self
             .partial
             .as_deref_mut()
@@ -979,6 +986,24 @@ mod tests {
             .unwrap();
         assert_eq!(d.message, Some(Message::Binary(&mut b"next".to_vec()[..])));
         assert_eq!(decoder.heap_bytes(), 0);
+
+        // A caller out of input frees a returned message at once; a message still in
+        // progress is kept.
+        let mut buf = [&big[..], &big[..500]].concat();
+        let d = decoder.decode(&mut buf, &LIMITS).unwrap();
+        assert!(matches!(d.message, Some(Message::Text(_))));
+        decoder.release_returned();
+        assert_eq!(decoder.heap_bytes(), 0);
+        let d = decoder.decode(&mut buf[big.len()..], &LIMITS).unwrap();
+        assert_eq!(d.message, None);
+        decoder.release_returned();
+        assert!(decoder.has_partial_message());
+        let mut tail = big[500..].to_vec();
+        assert!(decoder
+            .decode(&mut tail, &LIMITS)
+            .unwrap()
+            .message
+            .is_some());
 
         // A fragmented message whose state is freed by a call with no input.
         let bytes = [frame(false, 2, b"ab"), frame(true, 0, b"cd")].concat();
