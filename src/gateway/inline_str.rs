@@ -27,6 +27,14 @@ impl InlineStr {
         }
     }
 
+    /// The bytes, without `as_str`'s UTF-8 check (they were copied from a `str`).
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            InlineStr::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            InlineStr::Heap(s) => s.as_bytes(),
+        }
+    }
+
     fn inline(s: &str) -> Option<Self> {
         (s.len() <= INLINE_MAX).then(|| {
             let mut bytes = [0u8; INLINE_MAX];
@@ -58,6 +66,12 @@ impl From<Box<str>> for InlineStr {
     /// Keeps the allocation of a long string instead of copying it.
     fn from(s: Box<str>) -> Self {
         Self::inline(&s).unwrap_or(InlineStr::Heap(s))
+    }
+}
+
+impl crate::proto::envelope::JsonText for InlineStr {
+    fn utf8_bytes(&self) -> &[u8] {
+        self.as_bytes()
     }
 }
 
@@ -103,12 +117,14 @@ mod tests {
             let v = InlineStr::from(s);
             assert!(matches!(v, InlineStr::Inline { .. }), "{s:?}");
             assert_eq!(v.as_str(), s);
+            assert_eq!(v.as_bytes(), s.as_bytes());
             assert_eq!(&*InlineStr::from(Box::<str>::from(s)), s);
         }
         let long = "y".repeat(INLINE_MAX + 1);
         let v = InlineStr::from(long.as_str());
         assert!(matches!(v, InlineStr::Heap(_)));
         assert_eq!(&*v, long);
+        assert_eq!(v.as_bytes(), long.as_bytes());
         let boxed: Box<str> = long.clone().into();
         let ptr = boxed.as_ptr();
         let v = InlineStr::from(boxed);

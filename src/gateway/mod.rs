@@ -39,6 +39,7 @@ use crate::ratelimit::{Epoch, RateLimit};
 use crate::shard::{encode_shared_text, Accept, App, ConnKey, Core, Reject};
 
 pub use handler::{AckOutcome, BuiltIn, ConnRef, Ctx, Flow, Handler, ResponseOutcome};
+use inline_str::InlineStr;
 use presence::{PresenceBook, PresenceRecord, ReplicaRecord};
 use registry::{home_shard, LocalUser, Registry};
 
@@ -985,14 +986,18 @@ fn handle_data_request<H: Handler>(
     // Serialize the event once: {"type":"data_event","fromUserId":..,"payload":{..server fields}}
     let message_id = st.ids.next_id();
     st.scratch.clear();
-    let sender_name = st.users.get(UserId(user)).map_or("", |u| u.name());
+    let no_name = InlineStr::default();
+    let sender_name = st
+        .users
+        .get(UserId(user))
+        .map_or(&no_name, |u| u.name_text());
     if envelope::write_data_event(
         &mut st.scratch,
         user,
         &msg.payload(),
         sender_name,
         unix_ms(),
-        message_id.as_str(),
+        &message_id,
     )
     .is_err()
     {

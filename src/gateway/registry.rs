@@ -157,6 +157,11 @@ impl LocalUser {
         &self.name
     }
 
+    /// The name as stored (for writers that take its bytes without re-checking them).
+    pub fn name_text(&self) -> &InlineStr {
+        &self.name
+    }
+
     /// A new connection's `name` claim; the public record keeps the announced name until
     /// the next public announcement.
     pub fn set_name(&mut self, name: Box<str>) {

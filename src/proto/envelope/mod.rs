@@ -62,8 +62,8 @@ pub use write::{
     to_json_bytes, write_data_event, write_error_notification, write_generic_request,
     write_generic_response, write_generic_response_raw, write_get_presence_response,
     write_json_str, write_ping_response, write_presence_event, write_refresh_response,
-    write_server_ack, write_whoami_response, IdGenerator, MessageId, NotAnObject, PresenceEntry,
-    PresenceEvent,
+    write_server_ack, write_whoami_response, IdGenerator, JsonText, MessageId, NotAnObject,
+    PresenceEntry, PresenceEvent,
 };
 
 /// Per-connection-independent parsing limits, fixed at startup from the config.
