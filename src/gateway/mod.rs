@@ -996,7 +996,7 @@ fn handle_data_request<H: Handler>(
         user,
         &msg.payload(),
         sender_name,
-        unix_ms(),
+        core.unix_ms(),
         &message_id,
     )
     .is_err()
@@ -1461,7 +1461,7 @@ fn handle_builtin_request<H: Handler>(
                 roles,
             );
         }
-        "ping" => envelope::write_ping_response(&mut st.scratch, pid, unix_ms()),
+        "ping" => envelope::write_ping_response(&mut st.scratch, pid, core.unix_ms()),
         "get_presence" => {
             let mut ids = std::mem::take(&mut st.targets);
             let filtered = match msg.user_ids(10_000, &mut ids) {

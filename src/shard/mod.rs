@@ -184,6 +184,8 @@ pub struct Core<A: App> {
     metrics: Arc<ShardMetrics>,
     epoch: Instant,
     now: Instant,
+    /// Wall-clock Unix milliseconds read at the start of the turn (with `now`).
+    unix_ms: u64,
     limits: DecoderLimits,
     open: usize,
 }
@@ -202,6 +204,12 @@ impl<A: App> Core<A> {
     /// The clock reading of this turn.
     pub fn now(&self) -> Instant {
         self.now
+    }
+
+    /// Wall-clock Unix milliseconds at the start of this loop turn: one clock read per turn
+    /// instead of one per message (every `data_event` carries a timestamp).
+    pub fn unix_ms(&self) -> u64 {
+        self.unix_ms
     }
 
     pub fn config(&self) -> &Config {
@@ -542,6 +550,7 @@ impl<A: App> Shard<A> {
                 metrics,
                 epoch: now,
                 now,
+                unix_ms: wall_clock_ms(),
                 limits,
                 open: 0,
             },
@@ -621,6 +630,7 @@ impl<A: App> Shard<A> {
     /// stop.
     fn begin_turn(&mut self, now: Instant) -> bool {
         self.core.now = now;
+        self.core.unix_ms = wall_clock_ms();
         self.core.metrics.inc(Metric::LoopTurns);
         if self.core.shared.stop.load(Ordering::Acquire) {
             return false;
@@ -1231,9 +1241,7 @@ impl<A: App> Shard<A> {
         };
         let end = (start + chunk).min(bound);
         self.sweep_cursor = end;
-        let unix_s = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let unix_s = self.core.unix_ms / 1000;
         let mut lapsed = std::mem::take(&mut self.lapsed);
         let (core, app) = (&mut self.core, &self.app);
         for idx in start..end {
@@ -1581,6 +1589,13 @@ fn slot<S>(conns: &mut Slab<Conn<S>>, key: ConnKey) -> Option<&mut Conn<S>> {
     conns
         .get_mut(key.index())
         .filter(|c| c.generation == key.generation())
+}
+
+/// The wall clock in Unix milliseconds (0 before 1970).
+fn wall_clock_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Shard wake-up handle (for the stop path and the queue mesh).
