@@ -41,12 +41,25 @@ fn p2p_across_shards_with_server_fields_and_ack() {
     let addr = server.local_addr();
     let mut bob = User::connect(addr, 2, "bob");
     let mut alice = User::connect(addr, 1, "alice");
+    let rfc3339 = |ms: u128| {
+        let mut out = Vec::new();
+        customws::proto::envelope::format_rfc3339_millis(ms as u64, &mut out);
+        String::from_utf8(out).unwrap()
+    };
+    let unix_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    };
+    let sent = rfc3339(unix_ms());
     alice.send(json!({
         "pid": "m1", "type": "data_request", "targetUserId": 2,
         "payload": {"action": "send_message", "resource": "chat", "data": {"text": "hi"},
                     "senderName": "mallory", "timestamp": "1999", "messageId": "fake"}
     }));
     let ev = bob.recv_type("data_event");
+    let received = rfc3339(unix_ms());
     assert_eq!(ev["fromUserId"], 1);
     let p = &ev["payload"];
     assert_eq!(p["data"]["text"], "hi");
@@ -60,6 +73,11 @@ fn p2p_across_shards_with_server_fields_and_ack() {
     let ts = p["timestamp"].as_str().unwrap();
     assert_eq!(ts.len(), 24, "RFC 3339 with milliseconds: {ts}");
     assert!(ts.ends_with('Z') && ts.as_bytes()[10] == b'T' && ts.as_bytes()[19] == b'.');
+    // The server's clock at the time of the message (fixed-width RFC 3339 sorts as text).
+    assert!(
+        sent.as_str() <= ts && ts <= received.as_str(),
+        "{sent} <= {ts} <= {received}"
+    );
     let ack = alice.recv_type("server_ack");
     assert_eq!(ack["payload"]["acknowledgedPid"], "m1");
     assert_eq!(ack["payload"]["status"], "delivered");

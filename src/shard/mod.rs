@@ -36,6 +36,7 @@ pub use app::{Accept, App, Reject};
 pub use key::ConnKey;
 pub use transport::MemPipe;
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -184,8 +185,9 @@ pub struct Core<A: App> {
     metrics: Arc<ShardMetrics>,
     epoch: Instant,
     now: Instant,
-    /// Wall-clock Unix milliseconds read at the start of the turn (with `now`).
-    unix_ms: u64,
+    /// Wall-clock Unix milliseconds of this turn, read at first use (0: not yet): echo never
+    /// pays for the clock, the gateway once per turn instead of once per message.
+    unix_ms: Cell<u64>,
     limits: DecoderLimits,
     open: usize,
 }
@@ -206,10 +208,18 @@ impl<A: App> Core<A> {
         self.now
     }
 
-    /// Wall-clock Unix milliseconds at the start of this loop turn: one clock read per turn
-    /// instead of one per message (every `data_event` carries a timestamp).
+    /// Wall-clock Unix milliseconds of this loop turn (read at the first call in the turn):
+    /// one clock read per turn instead of one per message (every `data_event` carries a
+    /// timestamp).
     pub fn unix_ms(&self) -> u64 {
-        self.unix_ms
+        match self.unix_ms.get() {
+            0 => {
+                let ms = wall_clock_ms().max(1);
+                self.unix_ms.set(ms);
+                ms
+            }
+            ms => ms,
+        }
     }
 
     pub fn config(&self) -> &Config {
@@ -550,7 +560,7 @@ impl<A: App> Shard<A> {
                 metrics,
                 epoch: now,
                 now,
-                unix_ms: wall_clock_ms(),
+                unix_ms: Cell::new(0),
                 limits,
                 open: 0,
             },
@@ -630,7 +640,7 @@ impl<A: App> Shard<A> {
     /// stop.
     fn begin_turn(&mut self, now: Instant) -> bool {
         self.core.now = now;
-        self.core.unix_ms = wall_clock_ms();
+        self.core.unix_ms.set(0);
         self.core.metrics.inc(Metric::LoopTurns);
         if self.core.shared.stop.load(Ordering::Acquire) {
             return false;
@@ -1241,7 +1251,7 @@ impl<A: App> Shard<A> {
         };
         let end = (start + chunk).min(bound);
         self.sweep_cursor = end;
-        let unix_s = self.core.unix_ms / 1000;
+        let unix_s = self.core.unix_ms() / 1000;
         let mut lapsed = std::mem::take(&mut self.lapsed);
         let (core, app) = (&mut self.core, &self.app);
         for idx in start..end {
