@@ -47,8 +47,8 @@ use registry::{home_shard, LocalUser, Registry};
 const TIMER_PRESENCE: u32 = 2;
 const TIMER_PENDING: u32 = 3;
 
-/// A token's `name` and `roles` claims.
-/// The token's `name` and `roles`: `on_open` moves them into the registry.
+/// The token's `name` and `roles` claims, from the upgrade to `on_open` (which moves them
+/// into the registry): the gateway's `App::Opening`.
 pub struct NameAndRoles {
     name: Box<str>,
     roles: Vec<Box<str>>,
@@ -187,10 +187,6 @@ pub struct GatewayState<H: Handler> {
     /// Serialization buffer reused for every outgoing envelope.
     scratch: Vec<u8>,
     targets: Vec<u64>,
-    /// Connections whose token expires at each Unix second (exp + leeway), checked by one
-    /// timer per second rather than one wheel entry per connection (8 bytes per connection
-    /// here instead of 24 there). Entries of closed connections or refreshed tokens stay
-    /// until their second; the check skips them.
     /// Coalesced presence updates, due in insertion order (the interval is constant).
     presence_due: VecDeque<(Instant, u64)>,
     /// This turn's announcements to everyone (concatenated frames) and replica updates.

@@ -1235,7 +1235,8 @@ impl<A: App> Shard<A> {
     }
 
     /// One slice of the keepalive sweep: pings connections quiet for `ping_interval`,
-    /// drops those silent for `pong_wait`.
+    /// drops those silent for `pong_wait`, and hands the app those whose session lapsed
+    /// (`App::is_lapsed`: the gateway's token expiry).
     fn sweep_keepalive(&mut self) {
         self.sweep_armed = false;
         let now_ms = self.core.now_ms();
