@@ -11,6 +11,7 @@
 //!   → client_ack / generic_response → complete a pending server request
 //! ```
 
+mod dense_map;
 pub mod handler;
 pub mod inline_str;
 pub mod presence;

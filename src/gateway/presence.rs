@@ -12,8 +12,9 @@
 //! a user's updates in the same order everywhere; a user is removed from every replica by the
 //! offline update its home shard sends when its last connection closes.
 
+use super::dense_map::DenseMap;
 use super::inline_str::InlineStr;
-use super::registry::{TargetedPresence, UserMap, DEFAULT_STATUS};
+use super::registry::{TargetedPresence, DEFAULT_STATUS};
 
 /// One online user in the replica (and, in cluster mode, on the wire between nodes).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,10 +69,11 @@ impl From<PresenceRecord> for ReplicaRecord {
 }
 
 /// The online users homed on other shards, as announced by their home shards (see the
-/// module documentation for the one exception).
+/// module documentation for the one exception). A [`DenseMap`]: at S shards every user has a
+/// record on S - 1 of them, so the per-record overhead is multiplied by the shard count.
 #[derive(Default)]
 pub struct PresenceBook {
-    users: UserMap<ReplicaRecord>,
+    users: DenseMap<ReplicaRecord>,
 }
 
 impl PresenceBook {
@@ -80,11 +82,11 @@ impl PresenceBook {
     }
 
     pub fn remove(&mut self, user: u64) {
-        self.users.remove(&user);
+        self.users.remove(user);
     }
 
     pub fn get(&self, user: u64) -> Option<&ReplicaRecord> {
-        self.users.get(&user)
+        self.users.get(user)
     }
 
     pub fn len(&self) -> usize {
@@ -96,12 +98,12 @@ impl PresenceBook {
     }
 
     pub fn contains(&self, user: u64) -> bool {
-        self.users.contains_key(&user)
+        self.users.contains(user)
     }
 
     /// Every record, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (u64, &ReplicaRecord)> {
-        self.users.iter().map(|(k, r)| (*k, r))
+        self.users.iter()
     }
 }
 

@@ -6,12 +6,10 @@
 //! known shard, and a P2P delivery is at most one cross-shard hop.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
-use hashbrown::HashTable;
-use slab::Slab;
-
+use super::dense_map::DenseMap;
 use super::inline_str::InlineStr;
 use crate::auth::UserId;
 use crate::ratelimit::TokenBucket;
@@ -399,83 +397,40 @@ impl RoleSets {
     }
 }
 
-/// Users homed on this shard.
-///
-/// Stored densely: the entries sit in a slab (pages are touched only as it fills) and the
-/// index is a hash table of 4-byte slab indices whose keys are read back from the slab.
-/// A `HashMap<u64, LocalUser>` spends a whole entry on every bucket, and hashbrown keeps up
-/// to half its buckets empty after a resize: at 19,000 users that was 153 B per user, this
-/// is the entry (88 B) plus ≈ 9 B of index. A lookup costs one more load (the key
-/// comparison reads the entry, which the caller reads next anyway).
+/// Users homed on this shard, in a [`DenseMap`] (one 88-byte entry per user plus a few
+/// bytes of index).
 #[derive(Default)]
 pub struct Registry {
-    entries: Slab<Entry>,
-    index: HashTable<u32>,
+    users: DenseMap<LocalUser>,
     roles: RoleSets,
 }
 
-/// A registry slot: the user and its id (the index stores only the slot number).
-struct Entry {
-    id: u64,
-    user: LocalUser,
-}
-
-fn hash_id(id: u64) -> u64 {
-    BuildHasherDefault::<UserIdHasher>::default().hash_one(id)
-}
-
 impl Registry {
-    fn slot(&self, id: u64) -> Option<usize> {
-        let entries = &self.entries;
-        self.index
-            .find(hash_id(id), |&i| entries[i as usize].id == id)
-            .map(|&i| i as usize)
-    }
-
     pub fn get(&self, user: UserId) -> Option<&LocalUser> {
-        let i = self.slot(user.0)?;
-        Some(&self.entries[i].user)
+        self.users.get(user.0)
     }
 
     pub fn get_mut(&mut self, user: UserId) -> Option<&mut LocalUser> {
-        let i = self.slot(user.0)?;
-        Some(&mut self.entries[i].user)
+        self.users.get_mut(user.0)
     }
 
     pub fn insert(&mut self, user: UserId, entry: LocalUser) {
-        if let Some(i) = self.slot(user.0) {
-            let old = std::mem::replace(&mut self.entries[i].user, entry);
+        if let Some(old) = self.users.insert(user.0, entry) {
             self.roles.release(old.roles);
-            return;
         }
-        let slot = self.entries.insert(Entry {
-            id: user.0,
-            user: entry,
-        });
-        let slot = u32::try_from(slot).expect("more than 4 billion users on one shard");
-        let entries = &self.entries;
-        self.index
-            .insert_unique(hash_id(user.0), slot, |&i| hash_id(entries[i as usize].id));
     }
 
     pub fn remove(&mut self, user: UserId) -> Option<LocalUser> {
-        let entries = &self.entries;
-        let found = self
-            .index
-            .find_entry(hash_id(user.0), |&i| entries[i as usize].id == user.0)
-            .ok()?;
-        let (slot, _) = found.remove();
-        let mut gone = self.entries.remove(slot as usize).user;
+        let mut gone = self.users.remove(user.0)?;
         self.roles.release(gone.roles.take());
         Some(gone)
     }
 
     /// Sets `user`'s roles (the latest connection's token claim).
     pub fn set_roles(&mut self, user: UserId, roles: RoleList) {
-        let Some(i) = self.slot(user.0) else {
+        let Some(u) = self.users.get_mut(user.0) else {
             return;
         };
-        let u = &mut self.entries[i].user;
         if u.roles() == &roles[..] {
             return;
         }
@@ -485,16 +440,16 @@ impl Registry {
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.users.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.users.is_empty()
     }
 
     /// Every user homed here, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (u64, &LocalUser)> {
-        self.entries.iter().map(|(_, e)| (e.id, &e.user))
+        self.users.iter()
     }
 
     /// Connections of `user` on this shard (empty if none).
@@ -523,47 +478,6 @@ mod tests {
             map.insert(id * 8, id);
         }
         assert!((1..=1000u64).all(|id| map.get(&(id * 8)) == Some(&id)));
-    }
-
-    #[test]
-    fn dense_index_finds_users_through_removals_and_slot_reuse() {
-        let mut reg = Registry::default();
-        // Ids sharing their low bits, as every id homed on one shard of eight does.
-        let ids: Vec<u64> = (1..=3000u64).map(|i| i * 8).collect();
-        for (n, &id) in ids.iter().enumerate() {
-            reg.insert(UserId(id), user(&format!("u{n}")));
-        }
-        // Remove every other user; their slots are reused by new ids below.
-        for &id in ids.iter().step_by(2) {
-            assert!(reg.remove(UserId(id)).is_some());
-            assert!(reg.remove(UserId(id)).is_none(), "removed twice");
-        }
-        for i in 0..1500u64 {
-            reg.insert(UserId(1_000_000 + i), user(&format!("n{i}")));
-        }
-        assert_eq!(reg.len(), 3000);
-        for (n, &id) in ids.iter().enumerate() {
-            let got = reg.get(UserId(id)).map(|u| u.name().to_owned());
-            if n % 2 == 0 {
-                assert_eq!(got, None, "id {id}");
-            } else {
-                assert_eq!(got.as_deref(), Some(format!("u{n}").as_str()), "id {id}");
-            }
-        }
-        for i in 0..1500u64 {
-            assert_eq!(
-                reg.get(UserId(1_000_000 + i)).unwrap().name(),
-                format!("n{i}")
-            );
-        }
-        // Inserting an id already present replaces its entry in place.
-        reg.insert(UserId(16), user("again"));
-        assert_eq!(reg.len(), 3000);
-        assert_eq!(reg.get(UserId(16)).unwrap().name(), "again");
-        let mut seen: Vec<u64> = reg.iter().map(|(id, _)| id).collect();
-        seen.sort_unstable();
-        seen.dedup();
-        assert_eq!(seen.len(), 3000);
     }
 
     #[test]
