@@ -967,7 +967,8 @@ fn handle_data_request<H: Handler>(
     } else {
         &cfg.broadcast_roles
     };
-    let roles = st.users.get(UserId(user)).map_or(&[][..], |u| u.roles());
+    let sender = st.users.get(UserId(user));
+    let roles = sender.map_or(&[][..], |u| u.roles());
     if !roles_allow(required, roles) {
         st.targets = targets;
         send_error(
@@ -984,10 +985,7 @@ fn handle_data_request<H: Handler>(
     let message_id = st.ids.next_id();
     st.scratch.clear();
     let no_name = InlineStr::default();
-    let sender_name = st
-        .users
-        .get(UserId(user))
-        .map_or(&no_name, |u| u.name_text());
+    let sender_name = sender.map_or(&no_name, |u| u.name_text());
     if envelope::write_data_event(
         &mut st.scratch,
         user,
