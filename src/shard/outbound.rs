@@ -381,6 +381,19 @@ mod tests {
         block_every: usize,
     }
 
+    impl Trickle {
+        /// A writer taking at most `budget` bytes per call, refusing every
+        /// `block_every`-th call with `WouldBlock` (0: never).
+        fn new(budget: usize, block_every: usize) -> Self {
+            Trickle {
+                out: Vec::new(),
+                budget,
+                calls: 0,
+                block_every,
+            }
+        }
+    }
+
     impl Write for Trickle {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
             self.write_vectored(&[IoSlice::new(buf)])
@@ -432,12 +445,7 @@ mod tests {
                 }
             }
             assert_eq!(q.pending(), expect.len());
-            let mut w = Trickle {
-                out: Vec::new(),
-                budget: 777 + round * 5000,
-                calls: 0,
-                block_every: 5,
-            };
+            let mut w = Trickle::new(777 + round * 5000, 5);
             // Frames keep arriving while the socket trickles.
             let mut extra = 0u8;
             while q.flush(&mut pool, &mut w).unwrap() == Flush::WouldBlock {
@@ -469,12 +477,7 @@ mod tests {
         let state = q.state.as_deref().expect("a queue with output has a state");
         let (first_state, first_tail) = (state as *const QueueState, state.tail.as_ptr());
         let footprint = state.heap_bytes();
-        let mut w = Trickle {
-            out: Vec::new(),
-            budget: usize::MAX,
-            calls: 0,
-            block_every: 0,
-        };
+        let mut w = Trickle::new(usize::MAX, 0);
         assert_eq!(q.flush(&mut pool, &mut w).unwrap(), Flush::Done);
         assert!(q.state.is_none(), "the flushed connection holds no box");
         assert_eq!(pool.states.len(), 1, "the box went back to the pool");
@@ -512,12 +515,7 @@ mod tests {
         q.push_bytes(&mut pool, b"ack");
         q.push_shared(&mut pool, &big);
         q.push_bytes(&mut pool, b"ack");
-        let mut w = Trickle {
-            out: Vec::new(),
-            budget: usize::MAX,
-            calls: 0,
-            block_every: 0,
-        };
+        let mut w = Trickle::new(usize::MAX, 0);
         assert_eq!(q.flush(&mut pool, &mut w).unwrap(), Flush::Done);
         assert_eq!(w.calls, 1, "three pieces, one writev");
         assert_eq!(w.out.len(), 6 + big.len());
@@ -590,12 +588,7 @@ mod tests {
 
         // Cleared in the middle of a frame: the peer's stream is not at a frame boundary.
         q.push_bytes(&mut pool, &[1; 10_000]);
-        let mut w = Trickle {
-            out: Vec::new(),
-            budget: 100,
-            calls: 0,
-            block_every: 2,
-        };
+        let mut w = Trickle::new(100, 2);
         assert_eq!(q.flush(&mut pool, &mut w).unwrap(), Flush::WouldBlock);
         assert_eq!(q.pending(), 10_000 - 100);
         assert!(!q.clear(&mut pool));

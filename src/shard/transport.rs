@@ -262,17 +262,19 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let mut poll = mio::Poll::new().unwrap();
         let mut events = mio::Events::with_capacity(16);
+        // Accepts the next connection as a registered transport and waits for its writable
+        // edge.
+        let accept_registered = |poll: &mut mio::Poll, events: &mut mio::Events, token| {
+            let (accepted, _) = listener.accept().unwrap();
+            accepted.set_nonblocking(true).unwrap();
+            let mut server = Transport::Tcp(TcpStream::from_std(accepted));
+            server.register(poll.registry(), token).unwrap();
+            poll.poll(events, Some(Duration::from_millis(100))).unwrap();
+            assert!(events.iter().any(|e| e.token() == token), "writable edge");
+            server
+        };
         let mut client = std::net::TcpStream::connect(addr).unwrap();
-        let (accepted, _) = listener.accept().unwrap();
-        accepted.set_nonblocking(true).unwrap();
-        let mut server = Transport::Tcp(TcpStream::from_std(accepted));
-        server.register(poll.registry(), Token(7)).unwrap();
-        poll.poll(&mut events, Some(Duration::from_millis(100)))
-            .unwrap();
-        assert!(
-            events.iter().any(|e| e.token() == Token(7)),
-            "writable edge"
-        );
+        let mut server = accept_registered(&mut poll, &mut events, Token(7));
         server.deregister_before_close(poll.registry());
         drop(server);
         // Data (and then the client's FIN) for the closed socket: no event may name it.
@@ -283,13 +285,7 @@ mod tests {
         assert!(events.iter().all(|e| e.token() != Token(7)));
         // The same descriptor number, reused by the next socket, registers again.
         let _client2 = std::net::TcpStream::connect(addr).unwrap();
-        let (accepted, _) = listener.accept().unwrap();
-        accepted.set_nonblocking(true).unwrap();
-        let mut again = Transport::Tcp(TcpStream::from_std(accepted));
-        again.register(poll.registry(), Token(8)).unwrap();
-        poll.poll(&mut events, Some(Duration::from_millis(100)))
-            .unwrap();
-        assert!(events.iter().any(|e| e.token() == Token(8)));
+        let _again = accept_registered(&mut poll, &mut events, Token(8));
     }
 
     /// The enum adds at most 12 bytes to a connection over a bare socket (4 bytes).
