@@ -392,8 +392,10 @@ impl<H: Handler> App for Gateway<H> {
             None => {
                 let cfg = core.config();
                 let bucket = RateLimit::new(cfg.rate_limit, cfg.rate_burst).full(now_ms);
-                st.users
-                    .insert(UserId(user), LocalUser::new(key, name, bucket, unix_ms()));
+                st.users.insert(
+                    UserId(user),
+                    LocalUser::new(key, name, bucket, core.unix_ms()),
+                );
                 core.metrics().set(Metric::Users, st.users.len() as u64);
                 true
             }
@@ -1379,7 +1381,7 @@ fn announce_offline<H: Handler>(
             username: (!username.is_empty()).then_some(&*username),
             status: "offline",
             context: None,
-            timestamp_ms: unix_ms(),
+            timestamp_ms: core.unix_ms(),
         },
     );
     core.metrics().inc(Metric::PresenceEvents);
