@@ -295,6 +295,90 @@ impl<T> ShardLinks<T> {
     }
 }
 
+/// Values that found their ring full, waiting in order **per destination** until the ring
+/// has room (the back-pressure side of [`ShardLinks::push`]).
+///
+/// The invariant is per-destination FIFO: a value for shard `to` may be offered to the ring
+/// only when nothing older for `to` is waiting ([`Backlog::holds`]), and [`Backlog::retry`]
+/// stops at a destination's first refusal. One queue per destination makes that structural:
+/// the consumer may free room between two offers of one retry pass (it runs on another core),
+/// and a single shared queue that skipped refused values one by one would let a later value
+/// overtake an earlier one whenever that happens. Each operation is O(1) per value, whatever
+/// the backlog's length or the shard count.
+pub struct Backlog<T> {
+    /// `waiting[to]`: values for shard `to`, oldest first.
+    waiting: Box<[std::collections::VecDeque<T>]>,
+    /// Destinations whose queue is non-empty, each once.
+    destinations: Vec<usize>,
+    len: usize,
+}
+
+impl<T> Backlog<T> {
+    /// An empty backlog for a mesh of `shards` shards.
+    pub fn new(shards: usize) -> Backlog<T> {
+        Backlog {
+            waiting: (0..shards).map(|_| Default::default()).collect(),
+            destinations: Vec::new(),
+            len: 0,
+        }
+    }
+
+    /// Values waiting, all destinations.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether values for `to` are waiting: a new value for `to` must then queue behind them
+    /// instead of going to the ring.
+    pub fn holds(&self, to: usize) -> bool {
+        !self.waiting[to].is_empty()
+    }
+
+    /// Queues `value` for `to` behind everything already waiting for `to`.
+    pub fn push(&mut self, to: usize, value: T) {
+        let queue = &mut self.waiting[to];
+        if queue.is_empty() {
+            self.destinations.push(to);
+        }
+        queue.push_back(value);
+        self.len += 1;
+    }
+
+    /// Offers the waiting values to `send`, oldest first for each destination, moving on to
+    /// the next destination at the first refusal (`send` hands the value back). Returns how
+    /// many `send` refused. A destination's emptied queue gives its memory back: a burst
+    /// that overflowed a ring once does not keep its peak allocation.
+    pub fn retry(&mut self, mut send: impl FnMut(usize, T) -> Result<(), T>) -> usize {
+        let mut refused = 0;
+        let mut i = 0;
+        while i < self.destinations.len() {
+            let to = self.destinations[i];
+            let queue = &mut self.waiting[to];
+            while let Some(value) = queue.pop_front() {
+                match send(to, value) {
+                    Ok(()) => self.len -= 1,
+                    Err(value) => {
+                        queue.push_front(value);
+                        refused += 1;
+                        break;
+                    }
+                }
+            }
+            if queue.is_empty() {
+                *queue = Default::default();
+                self.destinations.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        refused
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,6 +393,72 @@ mod tests {
             .map(|p| Arc::new(mio::Waker::new(p.registry(), WAKE).expect("waker")))
             .collect();
         (polls, wakers)
+    }
+
+    /// A consumer on another core can free room between two offers of one retry pass. The
+    /// backlog must still hand each destination its values in order. Here shard 70's ring
+    /// holds one value and its consumer drains it right after each refusal: a shared queue
+    /// that skipped the refused value and offered the next one would see it accepted, an
+    /// overtake.
+    #[test]
+    fn backlog_keeps_each_destination_in_order_when_room_frees_mid_pass() {
+        let mut backlog = Backlog::new(80);
+        for i in 0..5u32 {
+            backlog.push(70, i);
+            backlog.push(3, 100 + i);
+        }
+        assert_eq!(backlog.len(), 10);
+        assert!(backlog.holds(70) && backlog.holds(3) && !backlog.holds(4));
+        let mut ring_70: Option<u32> = None;
+        let mut delivered_70 = Vec::new();
+        let mut delivered_3 = Vec::new();
+        let mut passes = 0;
+        while !backlog.is_empty() {
+            passes += 1;
+            assert!(passes < 20, "the backlog drains");
+            let refused = backlog.retry(|to, value| {
+                if to == 3 {
+                    delivered_3.push(value);
+                    return Ok(());
+                }
+                if ring_70.is_some() {
+                    // Full; the consumer runs now and empties it.
+                    delivered_70.extend(ring_70.take());
+                    return Err(value);
+                }
+                ring_70 = Some(value);
+                Ok(())
+            });
+            assert!(refused <= 1, "a refusal ends the destination's pass");
+        }
+        delivered_70.extend(ring_70.take());
+        assert_eq!(delivered_70, vec![0, 1, 2, 3, 4]);
+        assert_eq!(delivered_3, vec![100, 101, 102, 103, 104]);
+        assert!(!backlog.holds(70));
+        assert!(backlog.destinations.is_empty());
+    }
+
+    /// A value for a destination with nothing waiting is not held back by other
+    /// destinations' backlogs, and a drained destination frees its queue.
+    #[test]
+    fn backlog_is_per_destination() {
+        let mut backlog = Backlog::new(3);
+        for i in 0..1000u32 {
+            backlog.push(1, i);
+        }
+        assert!(!backlog.holds(2));
+        assert!(backlog.waiting[1].capacity() >= 1000);
+        let mut sent = 0;
+        assert_eq!(
+            backlog.retry(|_, _| {
+                sent += 1;
+                Ok(())
+            }),
+            0
+        );
+        assert_eq!(sent, 1000);
+        assert!(backlog.is_empty());
+        assert_eq!(backlog.waiting[1].capacity(), 0, "memory given back");
     }
 
     #[test]

@@ -37,7 +37,6 @@ pub use key::ConnKey;
 pub use transport::MemPipe;
 
 use std::cell::Cell;
-use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -54,7 +53,7 @@ use crate::proto::close::CloseCode;
 use crate::proto::codec::{Decoder, DecoderLimits, Message};
 use crate::proto::frame::{encode_close, encode_header, OpCode};
 use crate::proto::handshake::{self, HandshakeLimits, Route};
-use crate::queue::ShardLinks;
+use crate::queue::{Backlog, ShardLinks};
 use crate::timer::TimerWheel;
 use conn::{flag, Conn, Phase};
 use key::{Generations, LISTENER_TOKEN, WAKER_TOKEN};
@@ -178,8 +177,8 @@ pub struct Core<A: App> {
     /// Connections with unread input left by the read budget.
     read_pending: Vec<ConnKey>,
     links: ShardLinks<Cross<A>>,
-    /// Pushes that found their queue full; retried every turn, in order.
-    backlog: VecDeque<(usize, Cross<A>)>,
+    /// Pushes that found their queue full; retried every turn, in order per destination.
+    backlog: Backlog<Cross<A>>,
     config: Arc<Config>,
     shared: Arc<Shared>,
     metrics: Arc<ShardMetrics>,
@@ -405,46 +404,34 @@ impl<A: App> Core<A> {
 
     fn push_cross(&mut self, to: usize, msg: Cross<A>) {
         // Order per destination: nothing may overtake what is already waiting.
-        if self.backlog.iter().any(|(d, _)| *d == to) {
-            self.backlog.push_back((to, msg));
-            self.metrics
-                .set(Metric::CrossShardBacklog, self.backlog.len() as u64);
-            return;
-        }
-        match self.links.push(to, msg) {
-            Ok(()) => self.metrics.inc(Metric::CrossShardSent),
-            Err(msg) => {
-                self.metrics.inc(Metric::CrossShardFull);
-                self.backlog.push_back((to, msg));
-                self.metrics
-                    .set(Metric::CrossShardBacklog, self.backlog.len() as u64);
+        if self.backlog.holds(to) {
+            self.backlog.push(to, msg);
+        } else {
+            match self.links.push(to, msg) {
+                Ok(()) => {
+                    self.metrics.inc(Metric::CrossShardSent);
+                    return;
+                }
+                Err(msg) => {
+                    self.metrics.inc(Metric::CrossShardFull);
+                    self.backlog.push(to, msg);
+                }
             }
         }
+        self.metrics
+            .set(Metric::CrossShardBacklog, self.backlog.len() as u64);
     }
 
     fn retry_backlog(&mut self) {
         if self.backlog.is_empty() {
             return;
         }
-        let mut blocked = [false; 64];
-        let mut rest = VecDeque::new();
-        while let Some((to, msg)) = self.backlog.pop_front() {
-            if to < 64 && blocked[to] {
-                rest.push_back((to, msg));
-                continue;
-            }
-            match self.links.push(to, msg) {
-                Ok(()) => self.metrics.inc(Metric::CrossShardSent),
-                Err(msg) => {
-                    if to < 64 {
-                        blocked[to] = true;
-                    }
-                    self.metrics.inc(Metric::CrossShardFull);
-                    rest.push_back((to, msg));
-                }
-            }
-        }
-        self.backlog = rest;
+        let before = self.backlog.len();
+        let links = &mut self.links;
+        let refused = self.backlog.retry(|to, msg| links.push(to, msg));
+        self.metrics
+            .add(Metric::CrossShardSent, (before - self.backlog.len()) as u64);
+        self.metrics.add(Metric::CrossShardFull, refused as u64);
         self.metrics
             .set(Metric::CrossShardBacklog, self.backlog.len() as u64);
     }
@@ -553,8 +540,9 @@ impl<A: App> Shard<A> {
                 pool: outbound::BufPool::default(),
                 doomed: Vec::new(),
                 read_pending: Vec::new(),
+                // The mesh may have endpoints beyond the shards (the cluster bridge).
+                backlog: Backlog::new(links.shards()),
                 links,
-                backlog: VecDeque::new(),
                 config,
                 shared,
                 metrics,
