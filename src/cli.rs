@@ -390,8 +390,8 @@ settings! {
     max_json_depth "max-json-depth" "CUSTOMWS_MAX_JSON_DEPTH" "N" One false "64" LIMITS
         "JSON nesting depth accepted in an envelope";
     cross_shard_queue_capacity "cross-shard-queue-capacity" "CUSTOMWS_CROSS_SHARD_QUEUE_CAPACITY"
-        "N" One true "65536" LIMITS
-        "Slots in each cross-shard queue";
+        "N" One true "8192" LIMITS
+        "Slots in each cross-shard queue (a full one holds messages back in order, none lost)";
     p2p_roles "p2p-roles" "CUSTOMWS_P2P_ROLES" "a,b" List false "everyone" POLICY
         "Roles allowed to send P2P messages";
     broadcast_roles "broadcast-roles" "CUSTOMWS_BROADCAST_ROLES" "a,b" List false "everyone" POLICY

@@ -137,7 +137,9 @@ pub struct Config {
     pub max_notification_targets: usize,
     /// JSON nesting depth accepted in an envelope. Default 64.
     pub max_json_depth: usize,
-    /// Slots in each cross-shard SPSC queue. Default 65,536.
+    /// Slots in each cross-shard SPSC queue. Default 8,192: 720 KB per ordered pair of shards
+    /// once traffic has gone round the ring (88-byte slots); a full ring only holds messages
+    /// back, in order, in the sender's backlog until the next turn.
     pub cross_shard_queue_capacity: usize,
     /// Roles allowed to send P2P / broadcast; empty = everyone. Default empty.
     pub p2p_roles: Vec<String>,
@@ -197,7 +199,7 @@ impl Config {
             presence_fanout: true,
             max_notification_targets: 1000,
             max_json_depth: 64,
-            cross_shard_queue_capacity: 65_536,
+            cross_shard_queue_capacity: 8_192,
             p2p_roles: Vec::new(),
             broadcast_roles: Vec::new(),
             drain_timeout: Duration::from_secs(10),

@@ -189,7 +189,7 @@ fn defaults_equal_the_spec_table() {
     assert!(c.presence_fanout);
     assert_eq!(c.max_notification_targets, 1000);
     assert_eq!(c.max_json_depth, 64);
-    assert_eq!(c.cross_shard_queue_capacity, 65_536);
+    assert_eq!(c.cross_shard_queue_capacity, 8_192);
     assert!(c.p2p_roles.is_empty());
     assert!(c.broadcast_roles.is_empty());
     assert_eq!(c.drain_timeout, secs(10));

@@ -44,7 +44,7 @@ const MAX_OPS: usize = 512;
 pub struct Setup {
     pub shards: usize,
     /// Slots per cross-shard ring; small values exercise the back-pressure backlog. (At most
-    /// 1024: a server's 65,536-slot rings would cost a 30 MB allocation per fuzz input.)
+    /// 1024: a server's 8,192-slot rings would cost megabytes of allocation per fuzz input.)
     pub queue_capacity: usize,
     pub presence_interval: Duration,
 }
