@@ -2,7 +2,9 @@
 # Side-by-side comparison: customws against a tokio-tungstenite echo server and an idiomatic
 # tokio gateway (benches/peers/), under the same loads from customws-bench, plus the "floor"
 # (benches/peers/mio-floor: a bare mio echo loop that only unmasks, no checks) to show how much
-# of each echo figure is the kernel's socket work that every server pays.
+# of each echo figure is the kernel's socket work that every server pays, and the same floor on
+# io_uring (benches/peers/uring-floor: multishot accept and receive, direct descriptors, one
+# io_uring_enter per pass) to show what changing the kernel interface alone would buy.
 #
 # Every server is pinned to core 0 (taskset -c 0), the load generator to core 1. The figure
 # that matters is server CPU nanoseconds per message (from /proc/PID/stat): on a 2-core
@@ -13,7 +15,7 @@
 #   --quick       2 s windows instead of 5 s (smoke test of the script)
 #   --skip-build  reuse the binaries already built
 # Environment: DURATION (seconds per window), RESULTS (directory for the JSON lines).
-# Needs: cargo, taskset, jq. Runs ~5 minutes after the builds.
+# Needs: cargo, taskset, jq. Runs ~6 minutes after the builds.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -43,12 +45,14 @@ if [ "$BUILD" = 1 ]; then
     (cd benches/peers/tokio-echo && cargo build --release)
     (cd benches/peers/tokio-gateway && cargo build --release)
     (cd benches/peers/mio-floor && cargo build --release)
+    (cd benches/peers/uring-floor && cargo build --release)
 fi
 CUSTOMWS=$ROOT/target/release/customws
 BENCH=$ROOT/target/release/customws-bench
 TOKIO_ECHO=$ROOT/benches/peers/tokio-echo/target/release/tokio-echo
 TOKIO_GATEWAY=$ROOT/benches/peers/tokio-gateway/target/release/tokio-gateway
 MIO_FLOOR=$ROOT/benches/peers/mio-floor/target/release/mio-floor
+URING_FLOOR=$ROOT/benches/peers/uring-floor/target/release/uring-floor
 
 SERVER_PID=
 cleanup() {
@@ -85,6 +89,8 @@ start_server() {
                 --presence-fanout off >"$RESULTS/$1.log" 2>&1 & ;;
         mio-floor)
             taskset -c $SERVER_CPU "$MIO_FLOOR" "$addr" >"$RESULTS/$1.log" 2>&1 & ;;
+        uring-floor)
+            taskset -c $SERVER_CPU "$URING_FLOOR" "$addr" >"$RESULTS/$1.log" 2>&1 & ;;
         tokio-echo)
             taskset -c $SERVER_CPU "$TOKIO_ECHO" "$addr" >"$RESULTS/$1.log" 2>&1 & ;;
         tokio-gateway)
@@ -93,6 +99,7 @@ start_server() {
     SERVER_PID=$!
     for _ in $(seq 200); do
         if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then return 0; fi
+        if ! kill -0 "$SERVER_PID" 2>/dev/null; then break; fi
         sleep 0.05
     done
     echo "$1 did not start; see $RESULTS/$1.log" >&2
@@ -121,11 +128,18 @@ run() {
 }
 
 echo "== results in $RESULTS (server on core $SERVER_CPU, load generator on core $CLIENT_CPU)"
-for s in customws-echo tokio-echo mio-floor; do
+ECHO_SERVERS="customws-echo tokio-echo mio-floor uring-floor"
+# io_uring with DEFER_TASKRUN needs Linux 6.1 and io_uring not disabled by sysctl or seccomp.
+if ! (start_server uring-floor && kill "$SERVER_PID") >/dev/null 2>&1; then
+    echo "== uring-floor does not start here (see $RESULTS/uring-floor.log); left out"
+    ECHO_SERVERS="customws-echo tokio-echo mio-floor"
+fi
+for s in $ECHO_SERVERS; do
     run echo-16 "$s" echo --connections 100 --size 32 --in-flight 16
     run echo-1 "$s" echo --connections 100 --size 32 --in-flight 1
-    if [ "$s" = mio-floor ]; then continue; fi
-    # The runtime alone: upgrades (the token is sent but not checked) and idle memory.
+    # The runtime alone: upgrades (the token is sent but not checked) and idle memory. The
+    # floors' memory figure is not comparable (uring-floor's buffer ring is 16 MiB up front);
+    # their CPU per upgrade is the point.
     run hold-19k "$s" hold --connections 19000 --hold-for 1
 done
 for s in customws-gateway tokio-gateway; do
@@ -173,11 +187,17 @@ jq -rs '
     row("echo-16"; "customws-echo"; "tokio-echo"; "server_sys_ns_per_msg"),
     row("echo-16"; "customws-echo"; "tokio-echo"; "msgs_per_s"),
     row("echo-16"; "customws-echo"; "mio-floor"; "server_cpu_ns_per_msg"),
+    row("echo-16"; "customws-echo"; "uring-floor"; "server_cpu_ns_per_msg"),
+    row("echo-16"; "mio-floor"; "tokio-echo"; "server_cpu_ns_per_msg"),
+    row("echo-16"; "uring-floor"; "tokio-echo"; "server_cpu_ns_per_msg"),
     row("echo-1"; "customws-echo"; "tokio-echo"; "server_cpu_ns_per_msg"),
     row("echo-1"; "customws-echo"; "tokio-echo"; "server_user_ns_per_msg"),
     row("echo-1"; "customws-echo"; "tokio-echo"; "server_sys_ns_per_msg"),
     row("echo-1"; "customws-echo"; "tokio-echo"; "msgs_per_s"),
     row("echo-1"; "customws-echo"; "mio-floor"; "server_cpu_ns_per_msg"),
+    row("echo-1"; "customws-echo"; "uring-floor"; "server_cpu_ns_per_msg"),
+    row("echo-1"; "mio-floor"; "tokio-echo"; "server_cpu_ns_per_msg"),
+    row("echo-1"; "uring-floor"; "tokio-echo"; "server_cpu_ns_per_msg"),
     row("p2p-1000"; "customws-gateway"; "tokio-gateway"; "server_cpu_ns_per_msg"),
     row("p2p-1000"; "customws-gateway"; "tokio-gateway"; "server_user_ns_per_msg"),
     row("p2p-1000"; "customws-gateway"; "tokio-gateway"; "server_sys_ns_per_msg"),
@@ -189,6 +209,8 @@ jq -rs '
     row("hold-19k"; "customws-echo"; "tokio-echo"; "handshakes_per_s"),
     row("hold-19k"; "customws-echo"; "tokio-echo"; "server_cpu_ns_per_handshake"),
     row("hold-19k"; "customws-echo"; "tokio-echo"; "server_rss_per_conn_bytes"),
+    row("hold-19k"; "customws-echo"; "mio-floor"; "server_cpu_ns_per_handshake"),
+    row("hold-19k"; "customws-echo"; "uring-floor"; "server_cpu_ns_per_handshake"),
     row("hold-19k-auth"; "customws-gateway"; "tokio-gateway"; "handshakes_per_s"),
     row("hold-19k-auth"; "customws-gateway"; "tokio-gateway"; "server_cpu_ns_per_handshake"),
     row("hold-19k-auth"; "customws-gateway"; "tokio-gateway"; "server_rss_per_conn_bytes"),
