@@ -14,9 +14,9 @@
 //! - one send per connection per pass (the batching customws and mio-floor do), all sends of a
 //!   pass submitted with the next wait in one `io_uring_enter`.
 //!
-//! Per frame it only unmasks the payload into the output buffer behind an unmasked header,
-//! exactly like mio-floor: no UTF-8 check, no limits, no control-frame semantics (a Close
-//! drops the connection), no fragment handling, no timers. It is NOT a conforming or safe
+//! The WebSocket half is mio-floor's own (`../floor_ws.rs`, included by both): it only
+//! unmasks each frame's payload into the output buffer, with no UTF-8 check, no limits, no
+//! control-frame semantics, no fragment handling, no timers. It is NOT a conforming or safe
 //! server; it exists so that `benches/compare.sh` can show the kernel-interface share.
 //!
 //! Usage: uring-floor ADDR
@@ -26,13 +26,12 @@ use std::net::TcpListener;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU16, Ordering};
 
-use base64::Engine;
-use io_uring::types::{BufRingEntry, Fixed};
+use io_uring::types::{BufRingEntry, Fd, Fixed};
 use io_uring::{cqueue, opcode, squeue, IoUring};
-use sha1::{Digest, Sha1};
 use slab::Slab;
 
-const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+#[path = "../../floor_ws.rs"]
+mod floor_ws;
 
 /// Completion kinds, in the top half of `user_data`; the bottom half is the slab key.
 const ACCEPT: u64 = 0;
@@ -146,6 +145,46 @@ fn push(ring: &mut IoUring, entry: squeue::Entry) {
     }
 }
 
+/// (Re-)arms the listener's multishot accept into direct descriptors.
+fn arm_accept(ring: &mut IoUring, listener: Fd) {
+    push(
+        ring,
+        opcode::AcceptMulti::new(listener)
+            .allocate_file_index(true)
+            .build()
+            .user_data(user_data(ACCEPT, 0)),
+    );
+}
+
+/// (Re-)arms connection `key`'s multishot receive from the provided buffers.
+fn arm_recv(ring: &mut IoUring, file: u32, key: usize) {
+    push(
+        ring,
+        opcode::RecvMulti::new(Fixed(file), BUF_GROUP)
+            .build()
+            .user_data(user_data(RECV, key)),
+    );
+}
+
+/// Sends `bytes`, which must stay alive and unmoved until the completion for `key` arrives.
+fn send(ring: &mut IoUring, file: u32, bytes: &[u8], key: usize) {
+    push(
+        ring,
+        opcode::Send::new(Fixed(file), bytes.as_ptr(), bytes.len() as u32)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(user_data(SEND, key)),
+    );
+}
+
+/// Lists connection `key` for the end-of-pass send and close checks, once.
+fn mark_dirty(c: &mut Conn, key: usize, dirty: &mut Vec<usize>) {
+    if !c.in_dirty_list {
+        c.in_dirty_list = true;
+        dirty.push(key);
+    }
+}
+
 fn main() -> io::Result<()> {
     let addr = std::env::args()
         .nth(1)
@@ -177,13 +216,7 @@ fn main() -> io::Result<()> {
     let mut conns: Slab<Conn> = Slab::new();
     let mut dirty: Vec<usize> = Vec::new();
     let mut completions: Vec<(u64, i32, u32)> = Vec::with_capacity(4096);
-    push(
-        &mut ring,
-        opcode::AcceptMulti::new(io_uring::types::Fd(lfd))
-            .allocate_file_index(true)
-            .build()
-            .user_data(user_data(ACCEPT, 0)),
-    );
+    arm_accept(&mut ring, Fd(lfd));
 
     loop {
         match ring.submit_and_wait(1) {
@@ -218,21 +251,10 @@ fn main() -> io::Result<()> {
                             closing: false,
                             in_dirty_list: false,
                         });
-                        push(
-                            &mut ring,
-                            opcode::RecvMulti::new(Fixed(result as u32), BUF_GROUP)
-                                .build()
-                                .user_data(user_data(RECV, key)),
-                        );
+                        arm_recv(&mut ring, result as u32, key);
                     }
                     if !more {
-                        push(
-                            &mut ring,
-                            opcode::AcceptMulti::new(io_uring::types::Fd(lfd))
-                                .allocate_file_index(true)
-                                .build()
-                                .user_data(user_data(ACCEPT, 0)),
-                        );
+                        arm_accept(&mut ring, Fd(lfd));
                     }
                 }
                 RECV => {
@@ -242,12 +264,7 @@ fn main() -> io::Result<()> {
                         if !c.dead {
                             c.input
                                 .extend_from_slice(&bufs.buffer(bid)[..result as usize]);
-                            let alive = if c.upgraded {
-                                echo_frames(&mut c.input, &mut c.output)
-                            } else {
-                                upgrade(c)
-                            };
-                            c.dead |= !alive;
+                            c.dead = !floor_ws::serve(&mut c.upgraded, &mut c.input, &mut c.output);
                         }
                         bufs.give_back(bid);
                     } else if result != -libc::ENOBUFS {
@@ -257,12 +274,7 @@ fn main() -> io::Result<()> {
                         c.recv_armed = false;
                         if !c.dead {
                             c.recv_armed = true;
-                            push(
-                                &mut ring,
-                                opcode::RecvMulti::new(Fixed(c.file), BUF_GROUP)
-                                    .build()
-                                    .user_data(user_data(RECV, key)),
-                            );
+                            arm_recv(&mut ring, c.file, key);
                         }
                     } else if c.dead {
                         // Stop the multishot receive (a Close frame, a malformed upgrade).
@@ -273,10 +285,7 @@ fn main() -> io::Result<()> {
                                 .user_data(user_data(CLOSE, u32::MAX as usize)),
                         );
                     }
-                    if !c.in_dirty_list {
-                        c.in_dirty_list = true;
-                        dirty.push(key);
-                    }
+                    mark_dirty(c, key, &mut dirty);
                 }
                 SEND => {
                     let c = &mut conns[key];
@@ -286,23 +295,13 @@ fn main() -> io::Result<()> {
                     } else {
                         c.sent += result as usize;
                         if c.sent < c.sending.len() {
-                            let rest = &c.sending[c.sent..];
                             c.send_in_flight = true;
-                            push(
-                                &mut ring,
-                                opcode::Send::new(Fixed(c.file), rest.as_ptr(), rest.len() as u32)
-                                    .flags(libc::MSG_NOSIGNAL)
-                                    .build()
-                                    .user_data(user_data(SEND, key)),
-                            );
+                            send(&mut ring, c.file, &c.sending[c.sent..], key);
                         } else {
                             c.sending.clear();
                         }
                     }
-                    if !c.in_dirty_list {
-                        c.in_dirty_list = true;
-                        dirty.push(key);
-                    }
+                    mark_dirty(c, key, &mut dirty);
                 }
                 _ => {
                     // CLOSE: the descriptor is gone; cancellations carry key u32::MAX.
@@ -320,13 +319,7 @@ fn main() -> io::Result<()> {
                 std::mem::swap(&mut c.output, &mut c.sending);
                 c.sent = 0;
                 c.send_in_flight = true;
-                push(
-                    &mut ring,
-                    opcode::Send::new(Fixed(c.file), c.sending.as_ptr(), c.sending.len() as u32)
-                        .flags(libc::MSG_NOSIGNAL)
-                        .build()
-                        .user_data(user_data(SEND, key)),
-                );
+                send(&mut ring, c.file, &c.sending, key);
             }
             if c.dead && !c.closing && !c.recv_armed && !c.send_in_flight {
                 c.closing = true;
@@ -339,88 +332,4 @@ fn main() -> io::Result<()> {
             }
         }
     }
-}
-
-/// Answers the HTTP upgrade once the request is complete. False on a malformed request.
-fn upgrade(c: &mut Conn) -> bool {
-    let Some(end) = c.input.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return c.input.len() < 8192;
-    };
-    let head = String::from_utf8_lossy(&c.input[..end]).into_owned();
-    let Some(key) = head.lines().find_map(|l| {
-        let (name, value) = l.split_once(':')?;
-        name.eq_ignore_ascii_case("sec-websocket-key")
-            .then(|| value.trim())
-    }) else {
-        return false;
-    };
-    let mut sha = Sha1::new();
-    sha.update(key.as_bytes());
-    sha.update(GUID.as_bytes());
-    let accept = base64::engine::general_purpose::STANDARD.encode(sha.finalize());
-    c.output.extend_from_slice(
-        format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Accept: {accept}\r\n\r\n"
-        )
-        .as_bytes(),
-    );
-    c.input.drain(..end + 4);
-    c.upgraded = true;
-    echo_frames(&mut c.input, &mut c.output)
-}
-
-/// Echoes every complete frame of `input` into `output`, unmasked. False on a Close.
-/// (The same code as mio-floor's, so the two floors differ only in the kernel interface.)
-fn echo_frames(input: &mut Vec<u8>, output: &mut Vec<u8>) -> bool {
-    let mut at = 0;
-    let mut alive = true;
-    loop {
-        let b = &input[at..];
-        if b.len() < 2 {
-            break;
-        }
-        let masked = b[1] & 0x80 != 0;
-        let (len, mut header) = match b[1] & 0x7f {
-            126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
-            127 if b.len() >= 10 => (
-                u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize,
-                10,
-            ),
-            126 | 127 => break,
-            n => (n as usize, 2),
-        };
-        let mask_at = header;
-        if masked {
-            header += 4;
-        }
-        if b.len() < header + len {
-            break;
-        }
-        if b[0] & 0x0f == 8 {
-            alive = false;
-            break;
-        }
-        output.push(b[0]);
-        if len < 126 {
-            output.push(len as u8);
-        } else if len <= 0xffff {
-            output.push(126);
-            output.extend_from_slice(&(len as u16).to_be_bytes());
-        } else {
-            output.push(127);
-            output.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-        let start = output.len();
-        output.extend_from_slice(&b[header..header + len]);
-        if masked {
-            let mask = [b[mask_at], b[mask_at + 1], b[mask_at + 2], b[mask_at + 3]];
-            for (i, x) in output[start..].iter_mut().enumerate() {
-                *x ^= mask[i & 3];
-            }
-        }
-        at += header + len;
-    }
-    input.drain(..at);
-    alive
 }
